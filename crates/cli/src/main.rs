@@ -1,1 +1,151 @@
-fn main(){}
+//! `licenseseal`: the gateway binary. `init` creates a store and its operator key, `serve` runs
+//! the gateway (initialising an empty data directory itself), `bench` measures it.
+
+mod bench;
+mod config;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use licenseseal_auth::ApiKeys;
+use licenseseal_ledger::{KeyId, Scopes};
+use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
+use licenseseal_store::{ApiKeyRecord, Clock, LedgerStore, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "licenseseal",
+    version,
+    about = "API credit enforcement gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store in the data directory and print the operator key (once).
+    Init(config::InitArgs),
+    /// Run the gateway.
+    Serve(config::ServeArgs),
+    /// Start a fresh gateway and measure debit throughput and latency against it.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LICENSESEAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Init(args) => init(args).await,
+            Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}
+
+fn open_store(data_dir: &Path, config: SqliteConfig) -> anyhow::Result<Arc<SqliteStore>> {
+    let store = SqliteStore::open(data_dir, Arc::new(SystemClock), config)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Creates the operator key; returns its plaintext, to be printed once.
+async fn create_operator_key(store: &dyn LedgerStore) -> anyhow::Result<String> {
+    let generated = ApiKeys::generate();
+    let record = ApiKeyRecord {
+        id: KeyId::from_uuid(uuid::Uuid::now_v7()),
+        tenant_id: None,
+        name: "operator".into(),
+        prefix: generated.prefix.clone(),
+        hash: generated.hash,
+        scopes: Scopes::all(),
+        subject: None,
+        expires_at: None,
+        revoked_at: None,
+        created_at: SystemClock.now(),
+        last_used_at: None,
+        rotated_from: None,
+    };
+    store.insert_api_key(record).await?;
+    Ok(generated.secret)
+}
+
+fn print_operator_key(secret: &str) {
+    println!("{}", serde_json::json!({ "operator_key": secret }));
+}
+
+async fn init(args: config::InitArgs) -> anyhow::Result<()> {
+    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None)?;
+    let db = SqliteStore::database_path(&settings.data_dir);
+    if db.exists() {
+        let store = open_store(&settings.data_dir, SqliteConfig::default())?;
+        let initialised = store.is_initialized().await?;
+        store.shutdown().await;
+        if initialised {
+            bail!(
+                "a LicenseSeal store already exists in {}; refusing to create another operator key",
+                settings.data_dir.display()
+            );
+        }
+    }
+    let store = open_store(&settings.data_dir, SqliteConfig::default())?;
+    let secret = create_operator_key(store.as_ref()).await?;
+    store.shutdown().await;
+    print_operator_key(&secret);
+    Ok(())
+}
+
+async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, args.listen)?;
+    let store = open_store(&settings.data_dir, SqliteConfig::default())?;
+    if !store.is_initialized().await? {
+        let secret = create_operator_key(store.as_ref()).await?;
+        tracing::info!(data_dir = %settings.data_dir.display(), "initialised a new store; the operator key is printed once on stdout");
+        print_operator_key(&secret);
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state = AppState::new(store, clock, ServerConfig::default()).await?;
+    tracing::info!(listen = %listener.local_addr()?, data_dir = %settings.data_dir.display(), "licenseseal serving");
+    licenseseal_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("licenseseal stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -79,7 +79,10 @@ impl<'de> serde::de::Visitor<'de> for IntegerVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         if self.signed {
-            write!(f, "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}")
+            write!(
+                f,
+                "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}"
+            )
         } else {
             write!(f, "an integer amount between 1 and {AMOUNT_MAX}")
         }
@@ -160,7 +163,10 @@ mod tests {
 
     #[test]
     fn signed_amounts_refuse_zero_and_out_of_range() {
-        assert_eq!(serde_json::from_str::<SignedAmount>("-5").unwrap().get(), -5);
+        assert_eq!(
+            serde_json::from_str::<SignedAmount>("-5").unwrap().get(),
+            -5
+        );
         for bad in ["0", "-9007199254740992", "2.5", "\"-1\""] {
             assert!(serde_json::from_str::<SignedAmount>(bad).is_err(), "{bad}");
         }
@@ -172,5 +178,31 @@ mod tests {
         let a = parse("949899").unwrap().as_i64();
         let b = parse("50101").unwrap().as_i64();
         assert_eq!(a.checked_sub(b), Some(899_798));
+    }
+}
+
+/// A non-negative limit (overdraft): `0 ≤ limit ≤ 2^53 − 1`, integers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct Limit(u64);
+
+impl Limit {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = d.deserialize_any(IntegerVisitor { signed: false })?;
+        u64::try_from(v)
+            .ok()
+            .filter(|v| *v <= AMOUNT_MAX)
+            .map(Limit)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "limit must be an integer between 0 and {AMOUNT_MAX}"
+                ))
+            })
     }
 }

@@ -59,7 +59,7 @@ pub struct Allocation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub id: EventId,
-    #[serde(skip_serializing)]
+    #[serde(default, skip_serializing)]
     pub tenant_id: Option<TenantId>,
     pub kind: EventKind,
     pub subject: SubjectId,

@@ -38,7 +38,10 @@ pub enum IdempotencyDecision {
     KeyReusedWithDifferentRequest,
 }
 
-pub fn decide_idempotency(stored: Option<&StoredOutcome>, fingerprint: &Fingerprint) -> IdempotencyDecision {
+pub fn decide_idempotency(
+    stored: Option<&StoredOutcome>,
+    fingerprint: &Fingerprint,
+) -> IdempotencyDecision {
     match stored {
         None => IdempotencyDecision::Fresh,
         Some(s) if s.fingerprint == *fingerprint => IdempotencyDecision::Replay(s.outcome.clone()),
@@ -59,10 +62,17 @@ mod tests {
             code: RefusalCode::InsufficientCredits,
             detail: "x".into(),
             available: Some(0),
+            correlation_id: "c".into(),
         });
-        let stored = StoredOutcome { fingerprint: fp, outcome: outcome.clone() };
+        let stored = StoredOutcome {
+            fingerprint: fp,
+            outcome: outcome.clone(),
+        };
         assert_eq!(decide_idempotency(None, &fp), IdempotencyDecision::Fresh);
-        assert_eq!(decide_idempotency(Some(&stored), &fp), IdempotencyDecision::Replay(outcome));
+        assert_eq!(
+            decide_idempotency(Some(&stored), &fp),
+            IdempotencyDecision::Replay(outcome)
+        );
         assert_eq!(
             decide_idempotency(Some(&stored), &other),
             IdempotencyDecision::KeyReusedWithDifferentRequest
@@ -71,6 +81,9 @@ mod tests {
 
     #[test]
     fn part_boundaries_matter() {
-        assert_ne!(Fingerprint::of(&[b"ab", b"c"]), Fingerprint::of(&[b"a", b"bc"]));
+        assert_ne!(
+            Fingerprint::of(&[b"ab", b"c"]),
+            Fingerprint::of(&[b"a", b"bc"])
+        );
     }
 }

@@ -10,18 +10,18 @@ pub mod amount;
 pub mod command;
 pub mod decide;
 pub mod event;
-pub mod ids;
 pub mod idempotency;
+pub mod ids;
 pub mod scope;
 pub mod time;
 
 pub use account::{AccountKey, AccountPolicy, AccountState, Lot};
-pub use amount::{Amount, AmountError, SignedAmount, AMOUNT_MAX};
+pub use amount::{Amount, AmountError, Limit, SignedAmount, AMOUNT_MAX};
 pub use command::{Command, CommandKind};
 pub use decide::{decide, sweep_expired, Context, DebitRecord, DecideError, Decision};
 pub use event::{Allocation, Event, EventKind};
-pub use ids::{CreditType, EventId, IdError, IdempotencyKey, KeyId, SubjectId, TenantId};
 pub use idempotency::{Fingerprint, IdempotencyDecision, StoredOutcome};
+pub use ids::{CreditType, EventId, IdError, IdempotencyKey, KeyId, SubjectId, TenantId};
 pub use scope::{Intent, Scopes};
 pub use time::Timestamp;
 
@@ -88,4 +88,7 @@ pub struct Refusal {
     /// Balance and available at decision time, when an account was involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<i64>,
+    /// The correlation id of the request that was refused (replays show the original).
+    #[serde(default)]
+    pub correlation_id: String,
 }

@@ -130,7 +130,10 @@ mod tests {
         let debit = Scopes::parse(["usage.debit"]).unwrap();
         assert!(debit.allows(Intent::UsageDebit) && !debit.allows(Intent::CreditsGrant));
         assert!(debit.is_subset_of(all) && !all.is_subset_of(debit));
-        assert_eq!(Scopes::parse(["usage.debit", "bogus"]), Err("bogus".to_owned()));
+        assert_eq!(
+            Scopes::parse(["usage.debit", "bogus"]),
+            Err("bogus".to_owned())
+        );
         assert_eq!(all.names(), vec!["*"]);
     }
 }

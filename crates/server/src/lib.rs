@@ -1,1 +1,172 @@
-pub fn x(){}
+//! The HTTP edge of LicenseSeal (axum): routes, extractors, and the one mapping from errors to
+//! RFC 9457 problem responses.
+//!
+//! Architecture invariant: only this crate knows HTTP. Handlers turn requests into typed
+//! commands, hand them to the store, and render what comes back; they decide nothing about
+//! money themselves.
+
+mod cursor;
+mod error;
+mod extract;
+mod routes;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use licenseseal_auth::{ApiKeys, ApiKeysConfig};
+use licenseseal_ledger::TenantId;
+use licenseseal_store::{Clock, LedgerStore};
+use parking_lot::Mutex;
+
+pub use cursor::CursorSigner;
+pub use error::{ApiError, Problem};
+pub use extract::CorrelationId;
+
+/// Named limits of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted.
+    pub body_bytes_max: usize,
+    /// Time a request may take before it is answered with 408.
+    pub request_timeout: Duration,
+    /// Default and largest page size of list endpoints.
+    pub page_size_default: u32,
+    pub page_size_max: u32,
+    /// How often gathered API-key last-used times are written.
+    pub last_used_flush_interval: Duration,
+    pub api_keys: ApiKeysConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_bytes_max: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+            page_size_default: 100,
+            page_size_max: 1000,
+            last_used_flush_interval: Duration::from_secs(10),
+            api_keys: ApiKeysConfig::default(),
+        }
+    }
+}
+
+/// Everything a handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn LedgerStore>,
+    pub keys: ApiKeys,
+    pub clock: Arc<dyn Clock>,
+    pub cursors: CursorSigner,
+    pub config: ServerConfig,
+    known_tenants: Mutex<HashSet<TenantId>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub async fn new(
+        store: Arc<dyn LedgerStore>,
+        clock: Arc<dyn Clock>,
+        config: ServerConfig,
+    ) -> Result<Self, ApiError> {
+        let cursors = CursorSigner::new(store.cursor_secret().await?);
+        let keys = ApiKeys::new(store.clone(), config.api_keys.clone());
+        Ok(AppState(Arc::new(Inner {
+            store,
+            keys,
+            clock,
+            cursors,
+            config,
+            known_tenants: Mutex::new(HashSet::new()),
+        })))
+    }
+}
+
+/// The whole application as a router.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.config.request_timeout;
+    let body_max = state.config.body_bytes_max;
+    routes::routes()
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(body_max))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(edge))
+        .with_state(state)
+}
+
+/// Outermost layer: sets the correlation id, renders every error as problem+json with it,
+/// and echoes it in `X-Request-Id`.
+async fn edge(mut request: Request, next: Next) -> Response {
+    let correlation_id = extract::correlation_from(request.headers());
+    request
+        .extensions_mut()
+        .insert(CorrelationId(correlation_id.clone()));
+    let mut response = next.run(request).await;
+    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        response = problem.render(&correlation_id);
+    } else if response.status().as_u16() >= 400 {
+        let is_problem = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+        if !is_problem {
+            if response.status().is_server_error() {
+                tracing::error!(correlation_id, status = %response.status(), "request failed");
+            }
+            response = Problem::for_status(response.status()).render(&correlation_id);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests,
+/// writes pending last-used times and stops the store's writer.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let flusher = tokio::spawn(flush_last_used(state.clone()));
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    flusher.abort();
+    if let Err(e) = state.keys.flush_last_used().await {
+        tracing::warn!(error = %e, "could not record api key last-used times at shutdown");
+    }
+    state.store.shutdown().await;
+    Ok(())
+}
+
+async fn flush_last_used(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.last_used_flush_interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.flush_last_used().await {
+            tracing::warn!(error = %e, "could not record api key last-used times");
+        }
+    }
+}

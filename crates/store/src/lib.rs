@@ -1,1 +1,144 @@
-pub fn x(){}
+//! Persistence for LicenseSeal behind one trait, `LedgerStore`.
+//!
+//! The store loads the accounts and lots a command touches, hands them to the ledger core
+//! (`licenseseal_ledger::decide`) and writes what the core decided in one transaction,
+//! together with the idempotency record. It never decides anything itself.
+//!
+//! Architecture invariant: only this crate knows SQL; nothing here knows HTTP.
+
+mod error;
+mod model;
+pub mod sqlite;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub use error::StoreError;
+pub use model::*;
+
+use licenseseal_ledger::{
+    AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, TenantId, Timestamp,
+};
+
+/// What happened to a ledger command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Execution {
+    /// The command was decided now; the outcome is stored under its idempotency key.
+    Fresh(Outcome),
+    /// The key was used before for the same request: its stored outcome.
+    Replayed(Outcome),
+    /// The key was used before for a different request. Nothing changed.
+    KeyReusedWithDifferentRequest,
+}
+
+/// One ledger, two backends. Every write is durable when its future resolves with `Ok`.
+#[async_trait::async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Runs a ledger command exactly once per (tenant, idempotency key).
+    async fn execute(&self, command: Command) -> Result<Execution, StoreError>;
+
+    /// Sets an account's policy, creating the account if needed; returns the account.
+    async fn set_policy(
+        &self,
+        key: AccountKey,
+        change: PolicyChange,
+    ) -> Result<AccountView, StoreError>;
+
+    async fn account(
+        &self,
+        key: &AccountKey,
+        as_of: Option<Timestamp>,
+    ) -> Result<Option<AccountView>, StoreError>;
+    async fn event(&self, tenant: &TenantId, id: &EventId) -> Result<Option<Event>, StoreError>;
+    async fn events(
+        &self,
+        tenant: &TenantId,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<Vec<(i64, Event)>, StoreError>;
+
+    async fn create_tenant(&self, tenant: Tenant) -> Result<(), StoreError>;
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
+    async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn api_keys(
+        &self,
+        tenant: Option<&TenantId>,
+        page: Page,
+    ) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError>;
+    /// Sets `expires_at` to `min(expires_at, at)`, or marks the key revoked when `revoke`.
+    async fn retire_api_key(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        revoke: bool,
+    ) -> Result<(), StoreError>;
+    /// Records last-used times, batched by the caller (never one write per request).
+    async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError>;
+
+    /// True once `init` has created the operator key.
+    async fn is_initialized(&self) -> Result<bool, StoreError>;
+    /// A random secret created with the store (signs pagination cursors).
+    async fn cursor_secret(&self) -> Result<[u8; 32], StoreError>;
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Stops accepting writes, drains the queue and waits for the last commit.
+    async fn shutdown(&self);
+}
+
+/// The one source of time for the store and the server; tests substitute a manual clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// Wall-clock time.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Timestamp::from_micros(micros)
+    }
+}
+
+/// A clock that moves only when told to (tests).
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(AtomicI64::new(start.micros()))
+    }
+
+    pub fn advance_seconds(&self, seconds: i64) {
+        self.0.fetch_add(seconds * 1_000_000, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A change to an account's policy; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub overdraft_limit: Option<u64>,
+    /// `Some(None)` clears the limit.
+    pub max_debit_amount: Option<Option<u64>>,
+}
+
+impl PolicyChange {
+    pub fn apply(self, policy: &mut AccountPolicy) {
+        if let Some(limit) = self.overdraft_limit {
+            policy.overdraft_limit = limit;
+        }
+        if let Some(max) = self.max_debit_amount {
+            policy.max_debit_amount = max;
+        }
+    }
+}

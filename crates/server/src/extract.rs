@@ -1,0 +1,313 @@
+//! Extractors: correlation ids, the authenticated principal (checked against the route's
+//! intent before the body is even read), JSON bodies, query strings and idempotency keys.
+//! Handlers never read credential headers themselves.
+
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap};
+use licenseseal_auth::{ApiKeys, FailureReason, Principal};
+use licenseseal_ledger::{IdempotencyKey, Intent, SubjectId, TenantId};
+use serde::de::DeserializeOwned;
+
+use crate::{ApiError, AppState};
+
+/// The id that ties a request to its log lines and its events.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(parts
+            .extensions
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(|| CorrelationId(new_correlation_id())))
+    }
+}
+
+pub fn new_correlation_id() -> String {
+    format!("req_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Honours a caller's `X-Request-Id` (if sane) or the trace id of a W3C `traceparent`.
+pub fn correlation_from(headers: &HeaderMap) -> String {
+    let sane = |s: &str| {
+        (1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| sane(s))
+    {
+        return id.to_owned();
+    }
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|tp| {
+            let mut parts = tp.split('-');
+            let (_version, trace_id) = (parts.next()?, parts.next()?);
+            (trace_id.len() == 32
+                && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
+                && trace_id != "0".repeat(32))
+            .then(|| trace_id.to_ascii_lowercase())
+        });
+    trace.unwrap_or_else(new_correlation_id)
+}
+
+/// Marks the intent a route needs; `Authed<R>` refuses principals without it.
+pub trait Requires {
+    const INTENT: Intent;
+}
+
+macro_rules! intents {
+    ($($name:ident => $intent:ident),* $(,)?) => {
+        $(
+            pub struct $name;
+            impl Requires for $name {
+                const INTENT: Intent = Intent::$intent;
+            }
+        )*
+    };
+}
+
+intents! {
+    Debit => UsageDebit,
+    Grant => CreditsGrant,
+    Refund => CreditsRefund,
+    Adjust => CreditsAdjust,
+    Read => LedgerRead,
+    ManageAccounts => AccountsManage,
+    ManageKeys => KeysManage,
+    ManageTenants => TenantsManage,
+}
+
+/// An authenticated principal allowed to perform `R::INTENT`.
+pub struct Authed<R>(pub Principal, pub PhantomData<R>);
+
+impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = authenticate(parts, state).await?;
+        if !principal.allows(R::INTENT) {
+            audit(
+                parts,
+                "insufficient scope",
+                Some(&principal.credential_id),
+                Some(R::INTENT),
+            );
+            return Err(ApiError::Forbidden(R::INTENT.as_str()));
+        }
+        Ok(Authed(principal, PhantomData))
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let fail = |reason: FailureReason| {
+        audit(parts, &reason.to_string(), None, None);
+        ApiError::Unauthenticated
+    };
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or_else(|| fail(FailureReason::Missing))?;
+    if values.next().is_some() {
+        return Err(fail(FailureReason::Ambiguous));
+    }
+    let value = value.to_str().map_err(|_| fail(FailureReason::Malformed))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(fail(FailureReason::Malformed)),
+    };
+    if !ApiKeys::looks_like_key(token) {
+        return Err(fail(FailureReason::Malformed));
+    }
+    let now = state.clock.now();
+    match state.keys.authenticate(token, now).await {
+        Ok(principal) => Ok(principal),
+        Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => Err(fail(reason)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The audit record of a refused credential: the precise reason, never the secret.
+fn audit(parts: &Parts, reason: &str, credential: Option<&str>, intent: Option<Intent>) {
+    let correlation_id = parts
+        .extensions
+        .get::<CorrelationId>()
+        .map(|c| c.0.as_str())
+        .unwrap_or("");
+    tracing::warn!(
+        target: "licenseseal::audit",
+        correlation_id,
+        reason,
+        credential = credential.unwrap_or(""),
+        intent = intent.map(Intent::as_str).unwrap_or(""),
+        method = %parts.method,
+        path = parts.uri.path(),
+        "request refused"
+    );
+}
+
+impl AppState {
+    /// The tenant a request acts on: a tenant principal's own (naming another is "not
+    /// found"), or the existing tenant an operator names.
+    pub async fn tenant_of(
+        &self,
+        principal: &Principal,
+        named: Option<&TenantId>,
+    ) -> Result<TenantId, ApiError> {
+        match (&principal.tenant_id, named) {
+            (Some(own), None) => Ok(own.clone()),
+            (Some(own), Some(named)) if own == named => Ok(own.clone()),
+            (Some(_), Some(_)) => Err(ApiError::NotFound("tenant")),
+            (None, None) => Err(ApiError::bad_request(
+                "tenant_id_required",
+                "operator credentials must name tenant_id",
+            )),
+            (None, Some(named)) => {
+                if self.known_tenants.lock().contains(named) {
+                    return Ok(named.clone());
+                }
+                self.store
+                    .tenant(named)
+                    .await?
+                    .ok_or(ApiError::NotFound("tenant"))?;
+                self.known_tenants.lock().insert(named.clone());
+                Ok(named.clone())
+            }
+        }
+    }
+}
+
+/// The subject a request acts for: the bound subject of the principal, or the one named.
+pub fn subject_of(principal: &Principal, named: Option<&SubjectId>) -> Result<SubjectId, ApiError> {
+    match (&principal.subject, named) {
+        (Some(bound), None) => Ok(bound.clone()),
+        (Some(bound), Some(named)) if bound == named => Ok(bound.clone()),
+        (Some(_), Some(_)) => Err(ApiError::Forbidden("this subject")),
+        (None, Some(named)) => Ok(named.clone()),
+        (None, None) => Err(ApiError::bad_request(
+            "subject_required",
+            "name the subject",
+        )),
+    }
+}
+
+/// A JSON body with `Content-Type: application/json`, parsed strictly (unknown fields,
+/// wrong types and malformed JSON are refused with the parser's message).
+pub struct Json<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB")
+        } else {
+            ApiError::bad_request("invalid_body", "the request body could not be read")
+        }
+    })
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Like `Json`, but an empty body means `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+/// A strictly parsed query string.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+            .map(Query)
+            .map_err(|e| {
+                ApiError::bad_request("invalid_query", format!("invalid query string: {e}"))
+            })
+    }
+}
+
+/// The `Idempotency-Key` header of a ledger write: required, 1–255 printable ASCII.
+pub struct Idempotency(pub IdempotencyKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        let value = values.next().ok_or_else(|| {
+            ApiError::bad_request(
+                "idempotency_key_required",
+                "ledger writes need an Idempotency-Key header",
+            )
+        })?;
+        let invalid = || {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be one header of 1–255 printable ASCII characters",
+            )
+        };
+        if values.next().is_some() {
+            return Err(invalid());
+        }
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|s| IdempotencyKey::parse(s).ok())
+            .ok_or_else(invalid)?;
+        Ok(Idempotency(key))
+    }
+}

@@ -1,0 +1,75 @@
+//! Records the store reads and writes besides ledger events.
+
+use licenseseal_ledger::{
+    AccountKey, AccountPolicy, CreditType, EventKind, KeyId, Scopes, SubjectId, TenantId, Timestamp,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// An API key as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: KeyId,
+    /// `None` for operator keys, which act on any tenant.
+    pub tenant_id: Option<TenantId>,
+    pub name: String,
+    /// The visible start of the key (e.g. `lsk_AbCd1234`), for recognising it in lists.
+    pub prefix: String,
+    pub hash: [u8; 32],
+    pub scopes: Scopes,
+    pub subject: Option<SubjectId>,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    /// The key this one replaced by rotation.
+    pub rotated_from: Option<KeyId>,
+}
+
+impl ApiKeyRecord {
+    pub fn is_operator(&self) -> bool {
+        self.tenant_id.is_none()
+    }
+
+    /// Usable at `now`: not revoked and not past its expiry (rotation grace included).
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// An account as read back: balance, held, available and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub key: AccountKey,
+    pub balance: i64,
+    pub held: i64,
+    pub available: i64,
+    /// Credit on expired lots not yet swept out by an expiration event (already excluded
+    /// from `available`).
+    pub expired_pending: i64,
+    pub policy: AccountPolicy,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct EventFilter {
+    pub subject: Option<SubjectId>,
+    pub kind: Option<EventKind>,
+    pub credit_type: Option<CreditType>,
+    /// Inclusive lower bound on `created_at`.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound on `created_at`.
+    pub to: Option<Timestamp>,
+}
+
+/// Keyset pagination: rows after `after` (a store sequence number), at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<i64>,
+    pub limit: u32,
+}

@@ -1,0 +1,473 @@
+//! The embedded SQLite backend: one writer thread with group commit, a small pool of read
+//! connections that never wait for it (WAL), and `synchronous = FULL` so that a commit is on
+//! disk before any reply is sent.
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, TenantId, Timestamp};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use self::rows::{api_key_from_row, event_from_row, load_account, load_event, API_KEY_COLUMNS};
+use self::writer::{AccountCache, AdminOp, WriteOp, Writer};
+use crate::{
+    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange,
+    StoreError, Tenant,
+};
+
+/// Named limits of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Most operations committed in one transaction.
+    pub batch_size_max: usize,
+    /// Writes waiting for the writer before callers are made to wait.
+    pub queue_depth_max: usize,
+    /// Read connections (reads run beside the writer, never behind it).
+    pub readers_max: usize,
+    /// Accounts the writer keeps in memory.
+    pub account_cache_max: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            batch_size_max: 1024,
+            queue_depth_max: 16_384,
+            readers_max: 4,
+            account_cache_max: 100_000,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStore {
+    /// The database file inside a data directory.
+    pub fn database_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("licenseseal.db")
+    }
+
+    /// Opens (creating if needed) the store in `data_dir` and starts its writer.
+    pub fn open(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        config: SqliteConfig,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create data directory: {e}")))?;
+        let path = Self::database_path(data_dir);
+        let mut conn = Connection::open(&path)?;
+        schema::configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', ?1)",
+            [rand::random::<[u8; 32]>().to_vec()],
+        )?;
+        let (tx, rx) = mpsc::channel(config.queue_depth_max);
+        let writer = Writer::new(
+            conn,
+            clock.clone(),
+            config.batch_size_max,
+            config.account_cache_max,
+        );
+        let thread = std::thread::Builder::new()
+            .name("licenseseal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(Vec::new()),
+            reader_permits: Semaphore::new(config.readers_max),
+            clock,
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<WriteOp>, StoreError> {
+        self.writer.lock().clone().ok_or(StoreError::Closed)
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.sender()?
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `f` on the writer connection inside the next batch; resolves after the commit.
+    async fn admin<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut AccountCache, Timestamp) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let op: AdminOp = Box::new(move |conn, cache, now| {
+            let result = f(conn, cache, now);
+            let ok = result.is_ok();
+            let done: writer::Completion = Box::new(move |fate| {
+                let _ = tx.send(fate.and(result));
+            });
+            (ok, done)
+        });
+        self.submit(WriteOp::Admin(op)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let conn = match self.readers.lock().pop() {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                schema::configure(&conn)?;
+                conn
+            }
+        };
+        let (result, conn) = tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            (result, conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?;
+        self.readers.lock().push(conn);
+        result
+    }
+}
+
+fn account_view(
+    key: AccountKey,
+    state: &licenseseal_ledger::AccountState,
+    updated_at: Timestamp,
+    now: Timestamp,
+) -> AccountView {
+    AccountView {
+        balance: state.balance,
+        held: state.held,
+        available: state.available(now),
+        expired_pending: state.expired_unswept(now),
+        policy: state.policy,
+        updated_at,
+        key,
+    }
+}
+
+#[async_trait::async_trait]
+impl LedgerStore for SqliteStore {
+    #[tracing::instrument(skip_all, fields(tenant = %command.tenant_id, correlation_id = %command.correlation_id))]
+    async fn execute(&self, command: Command) -> Result<Execution, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::Ledger { command, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn set_policy(
+        &self,
+        key: AccountKey,
+        change: PolicyChange,
+    ) -> Result<AccountView, StoreError> {
+        self.admin(move |conn, cache, now| {
+            let mut state = load_account(conn, &key)?
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            change.apply(&mut state.policy);
+            writer::upsert_account(conn, &key, &state, now)?;
+            cache.invalidate(&key);
+            Ok(account_view(key, &state, now, now))
+        })
+        .await
+    }
+
+    async fn account(
+        &self,
+        key: &AccountKey,
+        as_of: Option<Timestamp>,
+    ) -> Result<Option<AccountView>, StoreError> {
+        let key = key.clone();
+        let now = self.clock.now();
+        self.read(move |conn| {
+            let Some((state, updated_at)) = load_account(conn, &key)? else { return Ok(None) };
+            let mut view = account_view(key.clone(), &state, updated_at, now);
+            if let Some(at) = as_of {
+                let balance: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT balance_after FROM events WHERE tenant_id = ?1 AND subject = ?2 AND credit_type = ?3
+                         AND created_at <= ?4 ORDER BY seq DESC LIMIT 1",
+                    )?
+                    .query_row(
+                        params![key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str(), at.micros()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let balance = balance.unwrap_or(0);
+                view.balance = balance;
+                view.held = 0;
+                view.available = balance;
+                view.expired_pending = 0;
+            }
+            Ok(Some(view))
+        })
+        .await
+    }
+
+    async fn event(&self, tenant: &TenantId, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |conn| load_event(conn, &tenant, &id)).await
+    }
+
+    async fn events(
+        &self,
+        tenant: &TenantId,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
+        let (tenant, filter) = (tenant.clone(), filter.clone());
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT seq, tenant_id, body FROM events WHERE tenant_id = ?1 AND seq > ?2",
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                tenant.as_str().to_owned().into(),
+                page.after.unwrap_or(0).into(),
+            ];
+            let mut push = |clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            };
+            if let Some(s) = &filter.subject {
+                push("subject =", s.as_str().to_owned().into());
+            }
+            if let Some(k) = filter.kind {
+                push("kind =", k.as_str().to_owned().into());
+            }
+            if let Some(c) = &filter.credit_type {
+                push("credit_type =", c.as_str().to_owned().into());
+            }
+            if let Some(from) = filter.from {
+                push("created_at >=", from.micros().into());
+            }
+            if let Some(to) = filter.to {
+                push("created_at <", to.micros().into());
+            }
+            sql.push_str(&format!(" ORDER BY seq LIMIT {}", page.limit));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (seq, tenant, body) = row?;
+                Ok((seq, event_from_row(&tenant, &body)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn create_tenant(&self, tenant: Tenant) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![tenant.id.as_str(), tenant.name, tenant.created_at.micros()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT name, created_at FROM tenants WHERE id = ?1")?
+                .query_row([id.as_str()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            Ok(row.map(|(name, created_at)| Tenant {
+                id,
+                name,
+                created_at: Timestamp::from_micros(created_at),
+            }))
+        })
+        .await
+    }
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            let scopes = serde_json::to_string(&key.scopes.names()).expect("scope names encode");
+            conn.execute(
+                "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    key.id.as_str(),
+                    key.tenant_id.as_ref().map(TenantId::as_str),
+                    key.name,
+                    key.prefix,
+                    &key.hash[..],
+                    scopes,
+                    key.subject.as_ref().map(|s| s.as_str()),
+                    key.expires_at.map(Timestamp::micros),
+                    key.revoked_at.map(Timestamp::micros),
+                    key.created_at.micros(),
+                    key.rotated_from.as_ref().map(KeyId::as_str),
+                ],
+            )?;
+            if key.tenant_id.is_none() {
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('initialized', 1)", [])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = ?1");
+            let row = conn
+                .prepare_cached(&sql)?
+                .query_row([&hash[..]], api_key_from_row)
+                .optional()?;
+            Ok(row.transpose()?.map(|(_, k)| k))
+        })
+        .await
+    }
+
+    async fn api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?1");
+            let row = conn
+                .prepare_cached(&sql)?
+                .query_row([id.as_str()], api_key_from_row)
+                .optional()?;
+            Ok(row.transpose()?.map(|(_, k)| k))
+        })
+        .await
+    }
+
+    async fn api_keys(
+        &self,
+        tenant: Option<&TenantId>,
+        page: Page,
+    ) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError> {
+        let tenant = tenant.cloned();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id IS ?1 AND seq > ?2 ORDER BY seq LIMIT {}",
+                page.limit
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![tenant.as_ref().map(TenantId::as_str), page.after.unwrap_or(0)],
+                api_key_from_row,
+            )?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn retire_api_key(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        revoke: bool,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.admin(move |conn, _, _| {
+            if revoke {
+                conn.execute(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                    params![id.as_str(), at.micros()],
+                )?;
+            } else {
+                conn.execute(
+                    "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?2), ?2) WHERE id = ?1",
+                    params![id.as_str(), at.micros()],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1",
+            )?;
+            for (id, at) in &used {
+                stmt.execute(params![id.as_str(), at.micros()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            let found: Option<i64> = conn
+                .query_row("SELECT 1 FROM meta WHERE key = 'initialized'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    async fn cursor_secret(&self) -> Result<[u8; 32], StoreError> {
+        self.read(|conn| {
+            let v: Vec<u8> = conn.query_row(
+                "SELECT value FROM meta WHERE key = 'cursor_secret'",
+                [],
+                |r| r.get(0),
+            )?;
+            v.try_into()
+                .map_err(|_| StoreError::Corrupt("cursor secret length".into()))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(drop)?)
+        })
+        .await
+    }
+
+    async fn shutdown(&self) {
+        drop(self.writer.lock().take());
+        let thread = self.writer_thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The SQLite schema as a versioned history: migration N brings `user_version` from N−1 to N.
+//! Migrations only ever append; a released one is never edited.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the v0 ledger.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE tenants (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT NOT NULL UNIQUE,
+        tenant_id    TEXT,
+        name         TEXT NOT NULL,
+        prefix       TEXT NOT NULL,
+        hash         BLOB NOT NULL UNIQUE,
+        scopes       TEXT NOT NULL,
+        subject      TEXT,
+        expires_at   INTEGER,
+        revoked_at   INTEGER,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER,
+        rotated_from TEXT
+    );
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, seq);
+    CREATE TABLE accounts (
+        tenant_id        TEXT NOT NULL,
+        subject          TEXT NOT NULL,
+        credit_type      TEXT NOT NULL,
+        balance          INTEGER NOT NULL,
+        held             INTEGER NOT NULL DEFAULT 0,
+        overdraft_limit  INTEGER NOT NULL DEFAULT 0,
+        max_debit_amount INTEGER,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, subject, credit_type)
+    ) WITHOUT ROWID;
+    CREATE TABLE lots (
+        id          TEXT PRIMARY KEY,
+        tenant_id   TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        credit_type TEXT NOT NULL,
+        priority    INTEGER NOT NULL,
+        expires_at  INTEGER,
+        created_at  INTEGER NOT NULL,
+        remaining   INTEGER NOT NULL CHECK (remaining >= 0)
+    );
+    CREATE INDEX lots_live ON lots (tenant_id, subject, credit_type) WHERE remaining > 0;
+    CREATE TABLE events (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        id             TEXT NOT NULL UNIQUE,
+        tenant_id      TEXT NOT NULL,
+        subject        TEXT NOT NULL,
+        credit_type    TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        amount         INTEGER NOT NULL,
+        delta          INTEGER NOT NULL,
+        balance_after  INTEGER NOT NULL,
+        created_at     INTEGER NOT NULL,
+        refund_of      TEXT,
+        body           TEXT NOT NULL
+    );
+    CREATE INDEX events_by_tenant ON events (tenant_id, seq);
+    CREATE INDEX events_by_account ON events (tenant_id, subject, credit_type, seq);
+    CREATE INDEX events_by_refund_of ON events (refund_of) WHERE refund_of IS NOT NULL;
+    CREATE TABLE idempotency (
+        tenant_id   TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        outcome     TEXT NOT NULL,
+        event_id    TEXT,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, key)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Applies every migration the database has not seen, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Connection settings shared by the writer and the readers.
+pub fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(())
+}
