@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use licenseseal_ledger::{KeyId, Timestamp};
+use licenseseal_ledger::{KeyId, Scopes, SubjectId, TenantId, Timestamp};
 use licenseseal_store::{ApiKeyRecord, LedgerStore};
 use parking_lot::Mutex;
 use rand::RngCore;
@@ -52,11 +52,43 @@ pub struct NewApiKey {
     pub hash: [u8; 32],
 }
 
+impl NewApiKey {
+    /// The record to store for this key: the hash and visible prefix, never the secret.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        tenant_id: Option<TenantId>,
+        name: String,
+        scopes: Scopes,
+        subject: Option<SubjectId>,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: KeyId::from_uuid(uuid::Uuid::now_v7()),
+            tenant_id,
+            name,
+            prefix: self.prefix.clone(),
+            hash: self.hash,
+            scopes,
+            subject,
+            expires_at,
+            revoked_at: None,
+            created_at: now,
+            last_used_at: None,
+            rotated_from: None,
+        }
+    }
+
+    /// The record of an operator key: every intent, on every tenant.
+    pub fn operator_record(&self, now: Timestamp) -> ApiKeyRecord {
+        self.record(None, "operator".into(), Scopes::all(), None, None, now)
+    }
+}
+
 impl std::fmt::Debug for NewApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewApiKey")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("NewApiKey").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -78,27 +110,15 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 
 impl ApiKeys {
     pub fn new(store: Arc<dyn LedgerStore>, config: ApiKeysConfig) -> Self {
-        ApiKeys {
-            store,
-            config,
-            cache: Mutex::new(HashMap::new()),
-            last_used: Mutex::new(HashMap::new()),
-        }
+        ApiKeys { store, config, cache: Mutex::new(HashMap::new()), last_used: Mutex::new(HashMap::new()) }
     }
 
     /// Generates a new key from the operating system's random source.
     pub fn generate() -> NewApiKey {
         let mut bytes = [0u8; KEY_RANDOM_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let secret = format!(
-            "{KEY_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
-        NewApiKey {
-            prefix: secret[..VISIBLE_CHARS].to_owned(),
-            hash: hash_secret(&secret),
-            secret,
-        }
+        let secret = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+        NewApiKey { prefix: secret[..VISIBLE_CHARS].to_owned(), hash: hash_secret(&secret), secret }
     }
 
     /// Whether a bearer token looks like one of our API keys (as opposed to a JWT).
@@ -107,11 +127,7 @@ impl ApiKeys {
     }
 
     /// Resolves a presented key to a principal, or says why not (for the audit log only).
-    pub async fn authenticate(
-        &self,
-        presented: &str,
-        now: Timestamp,
-    ) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, presented: &str, now: Timestamp) -> Result<Principal, AuthError> {
         let fail = |r| Err(AuthError::Unauthenticated(r));
         if presented.len() > 128 || !presented.bytes().all(|b| b.is_ascii_graphic()) {
             return fail(FailureReason::Malformed);
@@ -149,11 +165,7 @@ impl ApiKeys {
     fn cached(&self, hash: &[u8; 32]) -> Option<Option<ApiKeyRecord>> {
         let cache = self.cache.lock();
         let entry = cache.get(hash)?;
-        let ttl = if entry.record.is_some() {
-            self.config.cache_ttl
-        } else {
-            self.config.negative_cache_ttl
-        };
+        let ttl = if entry.record.is_some() { self.config.cache_ttl } else { self.config.negative_cache_ttl };
         (entry.fetched.elapsed() < ttl).then(|| entry.record.clone())
     }
 
@@ -162,13 +174,7 @@ impl ApiKeys {
         if cache.len() >= self.config.cache_entries_max {
             cache.clear();
         }
-        cache.insert(
-            hash,
-            Cached {
-                record,
-                fetched: Instant::now(),
-            },
-        );
+        cache.insert(hash, Cached { record, fetched: Instant::now() });
     }
 
     /// Forgets every cached key: called after any key is created, rotated or revoked here.

@@ -10,17 +10,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use licenseseal_auth::ApiKeys;
-use licenseseal_ledger::{KeyId, Scopes};
 use licenseseal_server::{AppState, ServerConfig};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
-use licenseseal_store::{ApiKeyRecord, Clock, LedgerStore, SystemClock};
+use licenseseal_store::{Clock, LedgerStore, SystemClock};
 
 #[derive(Parser)]
-#[command(
-    name = "licenseseal",
-    version,
-    about = "API credit enforcement gateway"
-)]
+#[command(name = "licenseseal", version, about = "API credit enforcement gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,10 +39,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => init(args).await,
@@ -66,21 +60,7 @@ fn open_store(data_dir: &Path, config: SqliteConfig) -> anyhow::Result<Arc<Sqlit
 /// Creates the operator key; returns its plaintext, to be printed once.
 async fn create_operator_key(store: &dyn LedgerStore) -> anyhow::Result<String> {
     let generated = ApiKeys::generate();
-    let record = ApiKeyRecord {
-        id: KeyId::from_uuid(uuid::Uuid::now_v7()),
-        tenant_id: None,
-        name: "operator".into(),
-        prefix: generated.prefix.clone(),
-        hash: generated.hash,
-        scopes: Scopes::all(),
-        subject: None,
-        expires_at: None,
-        revoked_at: None,
-        created_at: SystemClock.now(),
-        last_used_at: None,
-        rotated_from: None,
-    };
-    store.insert_api_key(record).await?;
+    store.insert_api_key(generated.operator_record(SystemClock.now())).await?;
     Ok(generated.secret)
 }
 
@@ -91,16 +71,11 @@ fn print_operator_key(secret: &str) {
 async fn init(args: config::InitArgs) -> anyhow::Result<()> {
     let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None)?;
     let db = SqliteStore::database_path(&settings.data_dir);
-    if db.exists() {
-        let store = open_store(&settings.data_dir, SqliteConfig::default())?;
-        let initialised = store.is_initialized().await?;
-        store.shutdown().await;
-        if initialised {
-            bail!(
-                "a LicenseSeal store already exists in {}; refusing to create another operator key",
-                settings.data_dir.display()
-            );
-        }
+    if db.exists() && SqliteStore::is_initialized_at(&db)? {
+        bail!(
+            "a LicenseSeal store already exists in {}; refusing to create another operator key",
+            settings.data_dir.display()
+        );
     }
     let store = open_store(&settings.data_dir, SqliteConfig::default())?;
     let secret = create_operator_key(store.as_ref()).await?;

@@ -41,13 +41,7 @@ impl Lot {
     /// oldest, then lot id.
     pub fn burn_order(&self) -> (i32, bool, i64, i64, &str) {
         let expiry = self.expires_at.map_or(i64::MAX, Timestamp::micros);
-        (
-            self.priority,
-            self.expires_at.is_none(),
-            expiry,
-            self.created_at.micros(),
-            self.id.as_str(),
-        )
+        (self.priority, self.expires_at.is_none(), expiry, self.created_at.micros(), self.id.as_str())
     }
 }
 
@@ -79,11 +73,7 @@ impl AccountState {
 
     /// Credit on lots that have expired but not yet left through an expiration event.
     pub fn expired_unswept(&self, now: Timestamp) -> i64 {
-        self.lots
-            .iter()
-            .filter(|l| l.is_expired(now))
-            .map(|l| l.remaining as i64)
-            .sum()
+        self.lots.iter().filter(|l| l.is_expired(now)).map(|l| l.remaining as i64).sum()
     }
 
     /// `balance − held`, never counting expired credit even before it is swept.
@@ -93,13 +83,7 @@ impl AccountState {
 
     /// Panics when the structural invariant is broken: a broken ledger must never commit.
     pub fn assert_invariants(&self) {
-        assert!(
-            self.debt() >= 0,
-            "ledger invariant: lots exceed balance by a negative debt: {self:?}"
-        );
-        assert!(
-            self.held >= 0,
-            "ledger invariant: negative held amount: {self:?}"
-        );
+        assert!(self.debt() >= 0, "ledger invariant: lots exceed balance by a negative debt: {self:?}");
+        assert!(self.held >= 0, "ledger invariant: negative held amount: {self:?}");
     }
 }

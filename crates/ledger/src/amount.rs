@@ -79,10 +79,7 @@ impl<'de> serde::de::Visitor<'de> for IntegerVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         if self.signed {
-            write!(
-                f,
-                "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}"
-            )
+            write!(f, "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}")
         } else {
             write!(f, "an integer amount between 1 and {AMOUNT_MAX}")
         }
@@ -107,29 +104,20 @@ impl<'de> serde::de::Visitor<'de> for IntegerVisitor {
 
 fn out_of_range<E: serde::de::Error>(v: i128, signed: bool) -> E {
     let expected = IntegerVisitor { signed };
-    E::invalid_value(
-        serde::de::Unexpected::Other(&format!("integer {v}")),
-        &expected,
-    )
+    E::invalid_value(serde::de::Unexpected::Other(&format!("integer {v}")), &expected)
 }
 
 impl<'de> serde::Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = d.deserialize_any(IntegerVisitor { signed: false })?;
-        u64::try_from(v)
-            .ok()
-            .and_then(|v| Amount::new(v).ok())
-            .ok_or_else(|| out_of_range(v, false))
+        u64::try_from(v).ok().and_then(|v| Amount::new(v).ok()).ok_or_else(|| out_of_range(v, false))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for SignedAmount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = d.deserialize_any(IntegerVisitor { signed: true })?;
-        i64::try_from(v)
-            .ok()
-            .and_then(|v| SignedAmount::new(v).ok())
-            .ok_or_else(|| out_of_range(v, true))
+        i64::try_from(v).ok().and_then(|v| SignedAmount::new(v).ok()).ok_or_else(|| out_of_range(v, true))
     }
 }
 
@@ -145,28 +133,16 @@ mod tests {
     fn amounts_accept_only_positive_safe_integers() {
         assert_eq!(parse("1").unwrap().get(), 1);
         assert_eq!(parse("9007199254740991").unwrap().get(), AMOUNT_MAX);
-        for bad in [
-            "0",
-            "-1",
-            "9007199254740992",
-            "1.5",
-            "1.0",
-            "1e3",
-            "\"10\"",
-            "true",
-            "null",
-            "18446744073709551616",
-        ] {
+        for bad in
+            ["0", "-1", "9007199254740992", "1.5", "1.0", "1e3", "\"10\"", "true", "null", "18446744073709551616"]
+        {
             assert!(parse(bad).is_err(), "{bad} must be refused");
         }
     }
 
     #[test]
     fn signed_amounts_refuse_zero_and_out_of_range() {
-        assert_eq!(
-            serde_json::from_str::<SignedAmount>("-5").unwrap().get(),
-            -5
-        );
+        assert_eq!(serde_json::from_str::<SignedAmount>("-5").unwrap().get(), -5);
         for bad in ["0", "-9007199254740992", "2.5", "\"-1\""] {
             assert!(serde_json::from_str::<SignedAmount>(bad).is_err(), "{bad}");
         }
@@ -199,10 +175,6 @@ impl<'de> serde::Deserialize<'de> for Limit {
             .ok()
             .filter(|v| *v <= AMOUNT_MAX)
             .map(Limit)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "limit must be an integer between 0 and {AMOUNT_MAX}"
-                ))
-            })
+            .ok_or_else(|| serde::de::Error::custom(format!("limit must be an integer between 0 and {AMOUNT_MAX}")))
     }
 }

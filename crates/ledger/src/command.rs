@@ -1,9 +1,6 @@
 //! Ledger commands: validated requests that reach the ledger.
 
-use crate::{
-    Amount, CreditType, EventId, Fingerprint, IdempotencyKey, SignedAmount, SubjectId, TenantId,
-    Timestamp,
-};
+use crate::{Amount, CreditType, EventId, Fingerprint, IdempotencyKey, SignedAmount, SubjectId, TenantId, Timestamp};
 
 /// One ledger write with everything needed to decide it and to recognise a retry.
 #[derive(Debug, Clone)]
@@ -54,21 +51,9 @@ impl CommandKind {
     /// through the debit they reference).
     pub fn account(&self) -> Option<(&SubjectId, &CreditType)> {
         match self {
-            CommandKind::Grant {
-                subject,
-                credit_type,
-                ..
-            }
-            | CommandKind::Debit {
-                subject,
-                credit_type,
-                ..
-            }
-            | CommandKind::Adjust {
-                subject,
-                credit_type,
-                ..
-            } => Some((subject, credit_type)),
+            CommandKind::Grant { subject, credit_type, .. }
+            | CommandKind::Debit { subject, credit_type, .. }
+            | CommandKind::Adjust { subject, credit_type, .. } => Some((subject, credit_type)),
             CommandKind::Refund { .. } => None,
         }
     }

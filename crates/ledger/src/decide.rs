@@ -4,8 +4,8 @@
 //! caller handed in something inconsistent (a store bug), never bad user input.
 
 use crate::{
-    AccountKey, AccountState, Allocation, Amount, Applied, CommandKind, Event, EventId, EventKind,
-    Lot, Outcome, Refusal, RefusalCode, Timestamp,
+    AccountKey, AccountState, Allocation, Amount, Applied, CommandKind, Event, EventId, EventKind, Lot, Outcome,
+    Refusal, RefusalCode, Timestamp,
 };
 
 /// Balances stay within ±2^60 so that sums of lots and debts can never overflow an `i64`.
@@ -50,25 +50,15 @@ pub struct Context<'a> {
 /// decision (and after a refund that returned credit to an expired lot).
 pub fn sweep_expired(state: &mut AccountState, ctx: &mut Context<'_>) -> Vec<Event> {
     let mut events = Vec::new();
-    let mut expired: Vec<usize> = (0..state.lots.len())
-        .filter(|&i| state.lots[i].remaining > 0 && state.lots[i].is_expired(ctx.now))
-        .collect();
+    let mut expired: Vec<usize> =
+        (0..state.lots.len()).filter(|&i| state.lots[i].remaining > 0 && state.lots[i].is_expired(ctx.now)).collect();
     expired.sort_by(|&a, &b| state.lots[a].burn_order().cmp(&state.lots[b].burn_order()));
     for i in expired {
         let amount = std::mem::take(&mut state.lots[i].remaining);
         state.balance -= amount as i64;
         let lot_id = state.lots[i].id.clone();
-        let mut event = new_event(
-            ctx,
-            EventKind::Expiration,
-            amount,
-            -(amount as i64),
-            state.balance,
-        );
-        event.allocations = vec![Allocation {
-            lot_id: Some(lot_id),
-            amount,
-        }];
+        let mut event = new_event(ctx, EventKind::Expiration, amount, -(amount as i64), state.balance);
+        event.allocations = vec![Allocation { lot_id: Some(lot_id), amount }];
         events.push(event);
     }
     state.assert_invariants();
@@ -84,52 +74,24 @@ pub fn decide(
 ) -> Result<Decision, DecideError> {
     let mut next = state.clone();
     let result = match kind {
-        CommandKind::Grant {
-            amount,
-            priority,
-            expires_at,
-            metadata,
-            ..
-        } => grant(
-            &mut next,
-            ctx,
-            *amount,
-            *priority,
-            *expires_at,
-            metadata.clone(),
-        ),
-        CommandKind::Debit {
-            amount, metadata, ..
-        } => debit_lots(&mut next, ctx, *amount, metadata.clone()),
-        CommandKind::Refund {
-            amount,
-            bound_subject,
-            metadata,
-            ..
-        } => {
+        CommandKind::Grant { amount, priority, expires_at, metadata, .. } => {
+            grant(&mut next, ctx, *amount, *priority, *expires_at, metadata.clone())
+        }
+        CommandKind::Debit { amount, metadata, .. } => debit_lots(&mut next, ctx, *amount, metadata.clone()),
+        CommandKind::Refund { amount, bound_subject, metadata, .. } => {
             let debit = debit.ok_or(DecideError::MissingDebit)?;
-            if debit.event.subject != ctx.key.subject
-                || debit.event.credit_type != ctx.key.credit_type
-            {
-                return Err(DecideError::DebitAccountMismatch(
-                    debit.event.id.to_string(),
-                ));
+            if debit.event.subject != ctx.key.subject || debit.event.credit_type != ctx.key.credit_type {
+                return Err(DecideError::DebitAccountMismatch(debit.event.id.to_string()));
             }
-            if bound_subject
-                .as_ref()
-                .is_some_and(|s| *s != debit.event.subject)
-            {
+            if bound_subject.as_ref().is_some_and(|s| *s != debit.event.subject) {
                 Err(refusal(RefusalCode::SubjectMismatch, "no such event", None))
             } else {
                 refund(&mut next, ctx, debit, *amount, metadata.clone())
             }
         }
-        CommandKind::Adjust {
-            amount,
-            reason,
-            metadata,
-            ..
-        } => adjust(&mut next, ctx, amount.get(), reason, metadata.clone()),
+        CommandKind::Adjust { amount, reason, metadata, .. } => {
+            adjust(&mut next, ctx, amount.get(), reason, metadata.clone())
+        }
     };
     let decision = match result {
         Ok(mut events) => {
@@ -140,48 +102,23 @@ pub fn decide(
                 next.balance - state.balance,
                 "balance must move by exactly the events' deltas"
             );
-            let applied = Applied {
-                event: events[0].clone(),
-                balance: next.balance,
-                available: next.available(ctx.now),
-            };
-            Decision {
-                state: next,
-                events,
-                outcome: Outcome::Applied(applied),
-            }
+            let applied =
+                Applied { event: events[0].clone(), balance: next.balance, available: next.available(ctx.now) };
+            Decision { state: next, events, outcome: Outcome::Applied(applied) }
         }
         Err(refused) => {
-            let refused = Refusal {
-                correlation_id: ctx.correlation_id.to_owned(),
-                ..refused
-            };
-            Decision {
-                state: state.clone(),
-                events: Vec::new(),
-                outcome: Outcome::Refused(refused),
-            }
+            let refused = Refusal { correlation_id: ctx.correlation_id.to_owned(), ..refused };
+            Decision { state: state.clone(), events: Vec::new(), outcome: Outcome::Refused(refused) }
         }
     };
     Ok(decision)
 }
 
 fn refusal(code: RefusalCode, detail: impl Into<String>, available: Option<i64>) -> Refusal {
-    Refusal {
-        code,
-        detail: detail.into(),
-        available,
-        correlation_id: String::new(),
-    }
+    Refusal { code, detail: detail.into(), available, correlation_id: String::new() }
 }
 
-fn new_event(
-    ctx: &mut Context<'_>,
-    kind: EventKind,
-    amount: u64,
-    delta: i64,
-    balance_after: i64,
-) -> Event {
+fn new_event(ctx: &mut Context<'_>, kind: EventKind, amount: u64, delta: i64, balance_after: i64) -> Event {
     Event {
         id: (ctx.next_id)(),
         tenant_id: Some(ctx.key.tenant_id.clone()),
@@ -208,27 +145,15 @@ fn checked_balance(state: &AccountState, delta: i64) -> Result<i64, Refusal> {
         .balance
         .checked_add(delta)
         .filter(|b| b.abs() <= BALANCE_LIMIT)
-        .ok_or_else(|| {
-            refusal(
-                RefusalCode::BalanceOverflow,
-                "the resulting balance is out of range",
-                None,
-            )
-        })
+        .ok_or_else(|| refusal(RefusalCode::BalanceOverflow, "the resulting balance is out of range", None))
 }
 
 /// Adds credit: it first repays overdraft debt, the rest becomes a lot.
 fn add_credit(state: &mut AccountState, lot: Lot, amount: u64) -> Vec<Allocation> {
     let repaid = (state.debt().max(0) as u64).min(amount);
-    state.lots.push(Lot {
-        remaining: amount - repaid,
-        ..lot
-    });
+    state.lots.push(Lot { remaining: amount - repaid, ..lot });
     if repaid > 0 {
-        vec![Allocation {
-            lot_id: None,
-            amount: repaid,
-        }]
+        vec![Allocation { lot_id: None, amount: repaid }]
     } else {
         Vec::new()
     }
@@ -237,9 +162,8 @@ fn add_credit(state: &mut AccountState, lot: Lot, amount: u64) -> Vec<Allocation
 /// Takes `amount` from unexpired lots in burn order; what the lots cannot cover is drawn
 /// through the overdraft and recorded as an allocation without a lot.
 fn burn(state: &mut AccountState, now: Timestamp, amount: u64) -> Vec<Allocation> {
-    let mut order: Vec<usize> = (0..state.lots.len())
-        .filter(|&i| state.lots[i].remaining > 0 && !state.lots[i].is_expired(now))
-        .collect();
+    let mut order: Vec<usize> =
+        (0..state.lots.len()).filter(|&i| state.lots[i].remaining > 0 && !state.lots[i].is_expired(now)).collect();
     order.sort_by(|&a, &b| state.lots[a].burn_order().cmp(&state.lots[b].burn_order()));
     let mut left = amount;
     let mut allocations = Vec::new();
@@ -251,16 +175,10 @@ fn burn(state: &mut AccountState, now: Timestamp, amount: u64) -> Vec<Allocation
         let take = lot.remaining.min(left);
         lot.remaining -= take;
         left -= take;
-        allocations.push(Allocation {
-            lot_id: Some(lot.id.clone()),
-            amount: take,
-        });
+        allocations.push(Allocation { lot_id: Some(lot.id.clone()), amount: take });
     }
     if left > 0 {
-        allocations.push(Allocation {
-            lot_id: None,
-            amount: left,
-        });
+        allocations.push(Allocation { lot_id: None, amount: left });
     }
     allocations
 }
@@ -274,20 +192,8 @@ fn grant(
     metadata: Option<serde_json::Value>,
 ) -> Result<Vec<Event>, Refusal> {
     let balance = checked_balance(state, amount.as_i64())?;
-    let mut event = new_event(
-        ctx,
-        EventKind::Grant,
-        amount.get(),
-        amount.as_i64(),
-        balance,
-    );
-    let lot = Lot {
-        id: event.id.clone(),
-        priority,
-        expires_at,
-        created_at: ctx.now,
-        remaining: 0,
-    };
+    let mut event = new_event(ctx, EventKind::Grant, amount.get(), amount.as_i64(), balance);
+    let lot = Lot { id: event.id.clone(), priority, expires_at, created_at: ctx.now, remaining: 0 };
     event.allocations = add_credit(state, lot, amount.get());
     state.balance = balance;
     event.priority = Some(priority);
@@ -306,37 +212,20 @@ fn debit_lots(
     if let Some(max) = state.policy.max_debit_amount {
         if amount.get() > max {
             let detail = format!("a single debit may not exceed {max} for this account");
-            return Err(refusal(
-                RefusalCode::MaxDebitAmountExceeded,
-                detail,
-                Some(available),
-            ));
+            return Err(refusal(RefusalCode::MaxDebitAmountExceeded, detail, Some(available)));
         }
     }
     let floor = -(state.policy.overdraft_limit as i64);
     if available - amount.as_i64() < floor {
         let detail = format!("available credit is {available}, the debit needs {amount}");
-        return Err(refusal(
-            RefusalCode::InsufficientCredits,
-            detail,
-            Some(available),
-        ));
+        return Err(refusal(RefusalCode::InsufficientCredits, detail, Some(available)));
     }
     let balance = checked_balance(state, -amount.as_i64())?;
-    let mut event = new_event(
-        ctx,
-        EventKind::Debit,
-        amount.get(),
-        -amount.as_i64(),
-        balance,
-    );
+    let mut event = new_event(ctx, EventKind::Debit, amount.get(), -amount.as_i64(), balance);
     event.allocations = burn(state, ctx.now, amount.get());
     state.balance = balance;
     event.metadata = metadata;
-    debug_assert!(
-        state.available(ctx.now) >= floor,
-        "a debit overspent the overdraft"
-    );
+    debug_assert!(state.available(ctx.now) >= floor, "a debit overspent the overdraft");
     Ok(vec![event])
 }
 
@@ -364,10 +253,7 @@ fn refund(
         skip = skip.saturating_sub(alloc.amount);
         let take = take_from.min(left);
         if take > 0 {
-            returned.push(Allocation {
-                lot_id: alloc.lot_id.clone(),
-                amount: take,
-            });
+            returned.push(Allocation { lot_id: alloc.lot_id.clone(), amount: take });
             left -= take;
         }
     }
@@ -375,11 +261,7 @@ fn refund(
     let mut event = new_event(ctx, EventKind::Refund, amount, amount as i64, balance);
     let mut unplaced = left;
     for part in &returned {
-        match part
-            .lot_id
-            .as_ref()
-            .and_then(|id| state.lots.iter_mut().find(|l| l.id == *id))
-        {
+        match part.lot_id.as_ref().and_then(|id| state.lots.iter_mut().find(|l| l.id == *id)) {
             Some(lot) => lot.remaining += part.amount,
             None if part.lot_id.is_none() => {
                 // Overdraft part: repays debt; what the debt no longer needs becomes new credit.
@@ -471,12 +353,7 @@ mod tests {
                 seq += 1;
                 EventId::from_uuid(uuid::Uuid::from_u128(seq))
             };
-            let mut ctx = Context {
-                key: &self.key,
-                now: self.now,
-                correlation_id: "c",
-                next_id: &mut next_id,
-            };
+            let mut ctx = Context { key: &self.key, now: self.now, correlation_id: "c", next_id: &mut next_id };
             let mut swept = self.state.clone();
             sweep_expired(&mut swept, &mut ctx);
             let d = decide(&kind, &swept, debit, &mut ctx).unwrap();
@@ -513,10 +390,7 @@ mod tests {
         }
 
         fn refund(&mut self, debit: &Decision, refunded: u64, amount: Option<u64>) -> Decision {
-            let record = DebitRecord {
-                event: debit.events[0].clone(),
-                refunded,
-            };
+            let record = DebitRecord { event: debit.events[0].clone(), refunded };
             let kind = CommandKind::Refund {
                 refund_of: record.event.id.clone(),
                 amount: amount.map(|a| Amount::new(a).unwrap()),
@@ -542,11 +416,7 @@ mod tests {
         let early = h.grant(10, 5, Some(100));
         let first = h.grant(10, 1, None);
         let d = h.debit(35);
-        let lots: Vec<_> = d.events[0]
-            .allocations
-            .iter()
-            .map(|a| (a.lot_id.clone(), a.amount))
-            .collect();
+        let lots: Vec<_> = d.events[0].allocations.iter().map(|a| (a.lot_id.clone(), a.amount)).collect();
         assert_eq!(
             lots,
             vec![
@@ -578,13 +448,7 @@ mod tests {
         assert_eq!(h.state.balance, -200);
         assert_eq!(refused(&h.debit(1)), Some(RefusalCode::InsufficientCredits));
         let g = h.grant(300, 0, Some(10));
-        assert_eq!(
-            g.events[0].allocations,
-            vec![Allocation {
-                lot_id: None,
-                amount: 200
-            }]
-        );
+        assert_eq!(g.events[0].allocations, vec![Allocation { lot_id: None, amount: 200 }]);
         assert_eq!(h.state.balance, 100);
         // Only the 100 left on the lot can expire, never the repaid part.
         h.now = h.now.plus_seconds(11);
@@ -601,10 +465,7 @@ mod tests {
         let d = h.debit(500);
         assert_eq!(refused(&d), Some(RefusalCode::InsufficientCredits));
         assert!(d.events.is_empty(), "the refusal itself writes nothing");
-        assert_eq!(
-            h.state.balance, 0,
-            "the sweep before the decision expired the lot"
-        );
+        assert_eq!(h.state.balance, 0, "the sweep before the decision expired the lot");
     }
 
     #[test]
@@ -617,27 +478,15 @@ mod tests {
         assert_eq!(
             r1.events[0].allocations,
             vec![
-                Allocation {
-                    lot_id: Some(b.events[0].id.clone()),
-                    amount: 5
-                },
-                Allocation {
-                    lot_id: Some(a.events[0].id.clone()),
-                    amount: 2
-                }
+                Allocation { lot_id: Some(b.events[0].id.clone()), amount: 5 },
+                Allocation { lot_id: Some(a.events[0].id.clone()), amount: 2 }
             ]
         );
         assert_eq!(h.state.balance, 12);
-        assert_eq!(
-            refused(&h.refund(&d, 7, Some(9))),
-            Some(RefusalCode::RefundExceedsDebit)
-        );
+        assert_eq!(refused(&h.refund(&d, 7, Some(9))), Some(RefusalCode::RefundExceedsDebit));
         let rest = h.refund(&d, 7, None);
         assert_eq!(rest.events[0].amount, 8);
-        assert_eq!(
-            refused(&h.refund(&d, 15, None)),
-            Some(RefusalCode::RefundExceedsDebit)
-        );
+        assert_eq!(refused(&h.refund(&d, 15, None)), Some(RefusalCode::RefundExceedsDebit));
         assert_eq!(h.state.balance, 20);
     }
 
@@ -658,10 +507,7 @@ mod tests {
         let mut h = Harness::new();
         h.grant(100, 0, None);
         h.state.policy.max_debit_amount = Some(10);
-        assert_eq!(
-            refused(&h.debit(11)),
-            Some(RefusalCode::MaxDebitAmountExceeded)
-        );
+        assert_eq!(refused(&h.debit(11)), Some(RefusalCode::MaxDebitAmountExceeded));
         assert_eq!(refused(&h.debit(10)), None);
     }
 
@@ -671,10 +517,7 @@ mod tests {
         for _ in 0..128 {
             h.grant(crate::AMOUNT_MAX, 0, None);
         }
-        assert_eq!(
-            refused(&h.grant(crate::AMOUNT_MAX, 0, None)),
-            Some(RefusalCode::BalanceOverflow)
-        );
+        assert_eq!(refused(&h.grant(crate::AMOUNT_MAX, 0, None)), Some(RefusalCode::BalanceOverflow));
     }
 
     #[test]

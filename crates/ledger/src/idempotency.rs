@@ -38,10 +38,7 @@ pub enum IdempotencyDecision {
     KeyReusedWithDifferentRequest,
 }
 
-pub fn decide_idempotency(
-    stored: Option<&StoredOutcome>,
-    fingerprint: &Fingerprint,
-) -> IdempotencyDecision {
+pub fn decide_idempotency(stored: Option<&StoredOutcome>, fingerprint: &Fingerprint) -> IdempotencyDecision {
     match stored {
         None => IdempotencyDecision::Fresh,
         Some(s) if s.fingerprint == *fingerprint => IdempotencyDecision::Replay(s.outcome.clone()),
@@ -64,26 +61,14 @@ mod tests {
             available: Some(0),
             correlation_id: "c".into(),
         });
-        let stored = StoredOutcome {
-            fingerprint: fp,
-            outcome: outcome.clone(),
-        };
+        let stored = StoredOutcome { fingerprint: fp, outcome: outcome.clone() };
         assert_eq!(decide_idempotency(None, &fp), IdempotencyDecision::Fresh);
-        assert_eq!(
-            decide_idempotency(Some(&stored), &fp),
-            IdempotencyDecision::Replay(outcome)
-        );
-        assert_eq!(
-            decide_idempotency(Some(&stored), &other),
-            IdempotencyDecision::KeyReusedWithDifferentRequest
-        );
+        assert_eq!(decide_idempotency(Some(&stored), &fp), IdempotencyDecision::Replay(outcome));
+        assert_eq!(decide_idempotency(Some(&stored), &other), IdempotencyDecision::KeyReusedWithDifferentRequest);
     }
 
     #[test]
     fn part_boundaries_matter() {
-        assert_ne!(
-            Fingerprint::of(&[b"ab", b"c"]),
-            Fingerprint::of(&[b"a", b"bc"])
-        );
+        assert_ne!(Fingerprint::of(&[b"ab", b"c"]), Fingerprint::of(&[b"a", b"bc"]));
     }
 }

@@ -75,10 +75,7 @@ impl SubjectId {
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(is_subject_char);
-        ok.then(|| SubjectId(s.to_owned())).ok_or(IdError::Subject {
-            what: "subject",
-            max: Self::MAX_LEN,
-        })
+        ok.then(|| SubjectId(s.to_owned())).ok_or(IdError::Subject { what: "subject", max: Self::MAX_LEN })
     }
 }
 
@@ -88,11 +85,7 @@ impl CreditType {
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(is_subject_char);
-        ok.then(|| CreditType(s.to_owned()))
-            .ok_or(IdError::Subject {
-                what: "credit_type",
-                max: Self::MAX_LEN,
-            })
+        ok.then(|| CreditType(s.to_owned())).ok_or(IdError::Subject { what: "credit_type", max: Self::MAX_LEN })
     }
 
     pub fn default_type() -> Self {
@@ -110,20 +103,15 @@ impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok =
-            (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b));
-        ok.then(|| IdempotencyKey(s.to_owned()))
-            .ok_or(IdError::IdempotencyKey)
+        let ok = (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+        ok.then(|| IdempotencyKey(s.to_owned())).ok_or(IdError::IdempotencyKey)
     }
 }
 
 /// Parses `prefix` + 32 lowercase hex digits.
 fn parse_prefixed(s: &str, prefix: &str, what: &'static str) -> Result<String, IdError> {
     let hex = s.strip_prefix(prefix).ok_or(IdError::Malformed(what))?;
-    let ok = hex.len() == 32
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     ok.then(|| s.to_owned()).ok_or(IdError::Malformed(what))
 }
 
@@ -180,16 +168,9 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip_and_refuse_forgeries() {
-        let id = EventId::from_uuid(uuid::Uuid::from_u128(
-            0x0190_0000_0000_7000_8000_0000_0000_0001,
-        ));
+        let id = EventId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001));
         assert_eq!(EventId::parse(id.as_str()).unwrap(), id);
-        for bad in [
-            "evt_",
-            "evt_XYZ",
-            "ten_01900000000070008000000000000001",
-            "evt_0190000000007000800000000000000G",
-        ] {
+        for bad in ["evt_", "evt_XYZ", "ten_01900000000070008000000000000001", "evt_0190000000007000800000000000000G"] {
             assert!(EventId::parse(bad).is_err(), "{bad}");
         }
     }

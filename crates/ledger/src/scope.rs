@@ -97,11 +97,7 @@ impl Scopes {
         if self == Scopes::all() {
             return vec!["*".to_owned()];
         }
-        Intent::ALL
-            .into_iter()
-            .filter(|i| self.allows(*i))
-            .map(|i| i.as_str().to_owned())
-            .collect()
+        Intent::ALL.into_iter().filter(|i| self.allows(*i)).map(|i| i.as_str().to_owned()).collect()
     }
 }
 
@@ -130,10 +126,7 @@ mod tests {
         let debit = Scopes::parse(["usage.debit"]).unwrap();
         assert!(debit.allows(Intent::UsageDebit) && !debit.allows(Intent::CreditsGrant));
         assert!(debit.is_subset_of(all) && !all.is_subset_of(debit));
-        assert_eq!(
-            Scopes::parse(["usage.debit", "bogus"]),
-            Err("bogus".to_owned())
-        );
+        assert_eq!(Scopes::parse(["usage.debit", "bogus"]), Err("bogus".to_owned()));
         assert_eq!(all.names(), vec!["*"]);
     }
 }

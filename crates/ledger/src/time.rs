@@ -29,9 +29,7 @@ impl Timestamp {
     }
 
     pub fn to_rfc3339(self) -> String {
-        DateTime::<Utc>::from_timestamp_micros(self.0)
-            .unwrap_or_default()
-            .to_rfc3339_opts(SecondsFormat::Micros, true)
+        DateTime::<Utc>::from_timestamp_micros(self.0).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 }
 
@@ -50,9 +48,8 @@ impl serde::Serialize for Timestamp {
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).ok_or_else(|| {
-            serde::de::Error::custom("expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z")
-        })
+        Timestamp::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z"))
     }
 }
 

@@ -21,8 +21,7 @@ impl CursorSigner {
     }
 
     fn mac(&self, seq: i64, scope: &str) -> [u8; MAC_BYTES] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("hmac takes any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("hmac takes any key length");
         mac.update(&seq.to_be_bytes());
         mac.update(&Sha256::digest(scope.as_bytes()));
         let full = mac.finalize().into_bytes();
@@ -37,11 +36,8 @@ impl CursorSigner {
     }
 
     pub fn decode(&self, cursor: &str, scope: &str) -> Result<i64, ApiError> {
-        let invalid =
-            || ApiError::bad_request("invalid_cursor", "the cursor is not valid for this listing");
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor)
-            .map_err(|_| invalid())?;
+        let invalid = || ApiError::bad_request("invalid_cursor", "the cursor is not valid for this listing");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
         if bytes.len() != 8 + MAC_BYTES {
             return Err(invalid());
         }
@@ -65,14 +61,8 @@ mod tests {
         assert!(signer.decode(&c, "t2|all").is_err());
         assert!(CursorSigner::new([8; 32]).decode(&c, "t1|all").is_err());
         let forged = signer.encode(43, "t1|all");
-        let mut spliced = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&forged)
-            .unwrap();
-        spliced[8..].copy_from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&c)
-                .unwrap()[8..],
-        );
+        let mut spliced = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&forged).unwrap();
+        spliced[8..].copy_from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&c).unwrap()[8..]);
         let spliced = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(spliced);
         assert!(signer.decode(&spliced, "t1|all").is_err());
         assert!(signer.decode("!!!", "t1|all").is_err());

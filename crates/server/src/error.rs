@@ -37,22 +37,13 @@ struct ProblemBody<'a> {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Problem {
-            status,
-            code,
-            detail: detail.into(),
-            correlation_id: None,
-            extra: None,
-        }
+        Problem { status, code, detail: detail.into(), correlation_id: None, extra: None }
     }
 
     /// Renders the body; `correlation_id` is the current request's unless the problem has one.
     pub fn render(&self, correlation_id: &str) -> Response {
         let body = ProblemBody {
-            kind: format!(
-                "https://licenseseal.dev/problems/{}",
-                self.code.replace('_', "-")
-            ),
+            kind: format!("https://licenseseal.dev/problems/{}", self.code.replace('_', "-")),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
@@ -63,10 +54,7 @@ impl Problem {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, bytes).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -77,19 +65,11 @@ impl Problem {
     pub fn for_status(status: StatusCode) -> Self {
         let (code, detail) = match status {
             StatusCode::NOT_FOUND => ("not_found", "no such resource"),
-            StatusCode::METHOD_NOT_ALLOWED => (
-                "method_not_allowed",
-                "this method is not allowed on this path",
-            ),
+            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed on this path"),
             StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body exceeds 64 KiB"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("unsupported_media_type", "send application/json")
-            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
-            s if s.is_server_error() => (
-                "internal",
-                "an internal error occurred; quote the correlation id",
-            ),
+            s if s.is_server_error() => ("internal", "an internal error occurred; quote the correlation id"),
             _ => ("bad_request", "the request could not be processed"),
         };
         Problem::new(status, code, detail)
@@ -120,10 +100,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            code,
-            detail: detail.into(),
-        }
+        ApiError::BadRequest { code, detail: detail.into() }
     }
 
     pub fn problem(&self) -> Problem {
@@ -158,17 +135,15 @@ fn refusal_problem(refusal: &Refusal) -> Problem {
         RefusalCode::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
         RefusalCode::EventNotFound | RefusalCode::SubjectMismatch => StatusCode::NOT_FOUND,
         RefusalCode::RefundExceedsDebit => StatusCode::CONFLICT,
-        RefusalCode::NotADebit
-        | RefusalCode::MaxDebitAmountExceeded
-        | RefusalCode::BalanceOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+        RefusalCode::NotADebit | RefusalCode::MaxDebitAmountExceeded | RefusalCode::BalanceOverflow => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
     };
     let mut problem = Problem::new(status, refusal.code.as_str(), refusal.detail.clone());
     if !refusal.correlation_id.is_empty() {
         problem.correlation_id = Some(refusal.correlation_id.clone());
     }
-    problem.extra = refusal
-        .available
-        .map(|a| serde_json::json!({ "available": a }));
+    problem.extra = refusal.available.map(|a| serde_json::json!({ "available": a }));
     problem
 }
 

@@ -21,11 +21,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(parts
-            .extensions
-            .get::<CorrelationId>()
-            .cloned()
-            .unwrap_or_else(|| CorrelationId(new_correlation_id())))
+        Ok(parts.extensions.get::<CorrelationId>().cloned().unwrap_or_else(|| CorrelationId(new_correlation_id())))
     }
 }
 
@@ -37,27 +33,17 @@ pub fn new_correlation_id() -> String {
 pub fn correlation_from(headers: &HeaderMap) -> String {
     let sane = |s: &str| {
         (1..=128).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     };
-    if let Some(id) = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| sane(s))
-    {
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| sane(s)) {
         return id.to_owned();
     }
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|tp| {
-            let mut parts = tp.split('-');
-            let (_version, trace_id) = (parts.next()?, parts.next()?);
-            (trace_id.len() == 32
-                && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
-                && trace_id != "0".repeat(32))
+    let trace = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|tp| {
+        let mut parts = tp.split('-');
+        let (_version, trace_id) = (parts.next()?, parts.next()?);
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()) && trace_id != "0".repeat(32))
             .then(|| trace_id.to_ascii_lowercase())
-        });
+    });
     trace.unwrap_or_else(new_correlation_id)
 }
 
@@ -97,12 +83,7 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = authenticate(parts, state).await?;
         if !principal.allows(R::INTENT) {
-            audit(
-                parts,
-                "insufficient scope",
-                Some(&principal.credential_id),
-                Some(R::INTENT),
-            );
+            audit(parts, "insufficient scope", Some(&principal.credential_id), Some(R::INTENT));
             return Err(ApiError::Forbidden(R::INTENT.as_str()));
         }
         Ok(Authed(principal, PhantomData))
@@ -137,11 +118,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 
 /// The audit record of a refused credential: the precise reason, never the secret.
 fn audit(parts: &Parts, reason: &str, credential: Option<&str>, intent: Option<Intent>) {
-    let correlation_id = parts
-        .extensions
-        .get::<CorrelationId>()
-        .map(|c| c.0.as_str())
-        .unwrap_or("");
+    let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.as_str()).unwrap_or("");
     tracing::warn!(
         target: "licenseseal::audit",
         correlation_id,
@@ -157,27 +134,19 @@ fn audit(parts: &Parts, reason: &str, credential: Option<&str>, intent: Option<I
 impl AppState {
     /// The tenant a request acts on: a tenant principal's own (naming another is "not
     /// found"), or the existing tenant an operator names.
-    pub async fn tenant_of(
-        &self,
-        principal: &Principal,
-        named: Option<&TenantId>,
-    ) -> Result<TenantId, ApiError> {
+    pub async fn tenant_of(&self, principal: &Principal, named: Option<&TenantId>) -> Result<TenantId, ApiError> {
         match (&principal.tenant_id, named) {
             (Some(own), None) => Ok(own.clone()),
             (Some(own), Some(named)) if own == named => Ok(own.clone()),
             (Some(_), Some(_)) => Err(ApiError::NotFound("tenant")),
-            (None, None) => Err(ApiError::bad_request(
-                "tenant_id_required",
-                "operator credentials must name tenant_id",
-            )),
+            (None, None) => {
+                Err(ApiError::bad_request("tenant_id_required", "operator credentials must name tenant_id"))
+            }
             (None, Some(named)) => {
                 if self.known_tenants.lock().contains(named) {
                     return Ok(named.clone());
                 }
-                self.store
-                    .tenant(named)
-                    .await?
-                    .ok_or(ApiError::NotFound("tenant"))?;
+                self.store.tenant(named).await?.ok_or(ApiError::NotFound("tenant"))?;
                 self.known_tenants.lock().insert(named.clone());
                 Ok(named.clone())
             }
@@ -192,10 +161,7 @@ pub fn subject_of(principal: &Principal, named: Option<&SubjectId>) -> Result<Su
         (Some(bound), Some(named)) if bound == named => Ok(bound.clone()),
         (Some(_), Some(_)) => Err(ApiError::Forbidden("this subject")),
         (None, Some(named)) => Ok(named.clone()),
-        (None, None) => Err(ApiError::bad_request(
-            "subject_required",
-            "name the subject",
-        )),
+        (None, None) => Err(ApiError::bad_request("subject_required", "name the subject")),
     }
 }
 
@@ -204,18 +170,10 @@ pub fn subject_of(principal: &Principal, named: Option<&SubjectId>) -> Result<Su
 pub struct Json<T>(pub T);
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -230,8 +188,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
@@ -274,9 +231,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
             .map(Query)
-            .map_err(|e| {
-                ApiError::bad_request("invalid_query", format!("invalid query string: {e}"))
-            })
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query string: {e}")))
     }
 }
 
@@ -289,10 +244,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let mut values = parts.headers.get_all("idempotency-key").iter();
         let value = values.next().ok_or_else(|| {
-            ApiError::bad_request(
-                "idempotency_key_required",
-                "ledger writes need an Idempotency-Key header",
-            )
+            ApiError::bad_request("idempotency_key_required", "ledger writes need an Idempotency-Key header")
         })?;
         let invalid = || {
             ApiError::bad_request(
@@ -303,11 +255,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
         if values.next().is_some() {
             return Err(invalid());
         }
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|s| IdempotencyKey::parse(s).ok())
-            .ok_or_else(invalid)?;
+        let key = value.to_str().ok().and_then(|s| IdempotencyKey::parse(s).ok()).ok_or_else(invalid)?;
         Ok(Idempotency(key))
     }
 }

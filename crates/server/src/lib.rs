@@ -86,14 +86,7 @@ impl AppState {
     ) -> Result<Self, ApiError> {
         let cursors = CursorSigner::new(store.cursor_secret().await?);
         let keys = ApiKeys::new(store.clone(), config.api_keys.clone());
-        Ok(AppState(Arc::new(Inner {
-            store,
-            keys,
-            clock,
-            cursors,
-            config,
-            known_tenants: Mutex::new(HashSet::new()),
-        })))
+        Ok(AppState(Arc::new(Inner { store, keys, clock, cursors, config, known_tenants: Mutex::new(HashSet::new()) })))
     }
 }
 
@@ -104,10 +97,7 @@ pub fn router(state: AppState) -> Router {
     routes::routes()
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(body_max))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(edge))
         .with_state(state)
@@ -117,12 +107,16 @@ pub fn router(state: AppState) -> Router {
 /// and echoes it in `X-Request-Id`.
 async fn edge(mut request: Request, next: Next) -> Response {
     let correlation_id = extract::correlation_from(request.headers());
-    request
-        .extensions_mut()
-        .insert(CorrelationId(correlation_id.clone()));
+    request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
     let mut response = next.run(request).await;
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        let headers = std::mem::take(response.headers_mut());
         response = problem.render(&correlation_id);
+        for (name, value) in &headers {
+            if !response.headers().contains_key(name) {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
     } else if response.status().as_u16() >= 400 {
         let is_problem = response
             .headers()
@@ -150,9 +144,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let flusher = tokio::spawn(flush_last_used(state.clone()));
     let app = router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     flusher.abort();
     if let Err(e) = state.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not record api key last-used times at shutdown");

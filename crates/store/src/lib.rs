@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub use error::StoreError;
 pub use model::*;
 
-use licenseseal_ledger::{
-    AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, TenantId, Timestamp,
-};
+use licenseseal_ledger::{AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, TenantId, Timestamp};
 
 /// What happened to a ledger command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +35,9 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn execute(&self, command: Command) -> Result<Execution, StoreError>;
 
     /// Sets an account's policy, creating the account if needed; returns the account.
-    async fn set_policy(
-        &self,
-        key: AccountKey,
-        change: PolicyChange,
-    ) -> Result<AccountView, StoreError>;
+    async fn set_policy(&self, key: AccountKey, change: PolicyChange) -> Result<AccountView, StoreError>;
 
-    async fn account(
-        &self,
-        key: &AccountKey,
-        as_of: Option<Timestamp>,
-    ) -> Result<Option<AccountView>, StoreError>;
+    async fn account(&self, key: &AccountKey, as_of: Option<Timestamp>) -> Result<Option<AccountView>, StoreError>;
     async fn event(&self, tenant: &TenantId, id: &EventId) -> Result<Option<Event>, StoreError>;
     async fn events(
         &self,
@@ -62,18 +52,9 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
     async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
     async fn api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError>;
-    async fn api_keys(
-        &self,
-        tenant: Option<&TenantId>,
-        page: Page,
-    ) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError>;
+    async fn api_keys(&self, tenant: Option<&TenantId>, page: Page) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError>;
     /// Sets `expires_at` to `min(expires_at, at)`, or marks the key revoked when `revoke`.
-    async fn retire_api_key(
-        &self,
-        id: &KeyId,
-        at: Timestamp,
-        revoke: bool,
-    ) -> Result<(), StoreError>;
+    async fn retire_api_key(&self, id: &KeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError>;
     /// Records last-used times, batched by the caller (never one write per request).
     async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError>;
 

@@ -62,26 +62,12 @@ pub async fn get(
     Query(query): Query<AccountQuery>,
 ) -> Result<Json<AccountBody>, ApiError> {
     let subject = parse_subject(&subject)?;
-    if principal
-        .subject
-        .as_ref()
-        .is_some_and(|bound| *bound != subject)
-    {
+    if principal.subject.as_ref().is_some_and(|bound| *bound != subject) {
         return Err(ApiError::NotFound("account"));
     }
-    let tenant_id = state
-        .tenant_of(&principal, query.tenant_id.as_ref())
-        .await?;
-    let key = AccountKey {
-        tenant_id,
-        subject,
-        credit_type: query.credit_type.unwrap_or_default(),
-    };
-    let view = state
-        .store
-        .account(&key, query.as_of)
-        .await?
-        .ok_or(ApiError::NotFound("account"))?;
+    let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
+    let key = AccountKey { tenant_id, subject, credit_type: query.credit_type.unwrap_or_default() };
+    let view = state.store.account(&key, query.as_of).await?.ok_or(ApiError::NotFound("account"))?;
     Ok(Json(AccountBody::new(view, query.as_of)))
 }
 
@@ -110,17 +96,10 @@ pub async fn patch(
     let subject = parse_subject(&subject)?;
     let subject = subject_of(&principal, Some(&subject))?;
     if body.overdraft_limit.is_none() && body.max_debit_amount.is_none() {
-        return Err(ApiError::bad_request(
-            "empty_change",
-            "set overdraft_limit and/or max_debit_amount",
-        ));
+        return Err(ApiError::bad_request("empty_change", "set overdraft_limit and/or max_debit_amount"));
     }
     let tenant_id = state.tenant_of(&principal, body.tenant_id.as_ref()).await?;
-    let key = AccountKey {
-        tenant_id,
-        subject,
-        credit_type: body.credit_type.unwrap_or_default(),
-    };
+    let key = AccountKey { tenant_id, subject, credit_type: body.credit_type.unwrap_or_default() };
     let change = PolicyChange {
         overdraft_limit: body.overdraft_limit.map(Limit::get),
         max_debit_amount: body.max_debit_amount.map(|m| m.map(Amount::get)),

@@ -22,19 +22,9 @@ pub async fn get(
     Query(query): Query<TenantQuery>,
 ) -> Result<Json<Event>, ApiError> {
     let id = EventId::parse(&id).map_err(|_| ApiError::NotFound("event"))?;
-    let tenant_id = state
-        .tenant_of(&principal, query.tenant_id.as_ref())
-        .await?;
-    let event = state
-        .store
-        .event(&tenant_id, &id)
-        .await?
-        .ok_or(ApiError::NotFound("event"))?;
-    if principal
-        .subject
-        .as_ref()
-        .is_some_and(|bound| *bound != event.subject)
-    {
+    let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
+    let event = state.store.event(&tenant_id, &id).await?.ok_or(ApiError::NotFound("event"))?;
+    if principal.subject.as_ref().is_some_and(|bound| *bound != event.subject) {
         return Err(ApiError::NotFound("event"));
     }
     Ok(Json(event))
@@ -68,49 +58,25 @@ pub async fn list(
         .kind
         .as_deref()
         .map(|k| {
-            EventKind::parse(k).ok_or_else(|| {
-                ApiError::bad_request("invalid_kind", format!("unknown event kind {k:?}"))
-            })
+            EventKind::parse(k)
+                .ok_or_else(|| ApiError::bad_request("invalid_kind", format!("unknown event kind {k:?}")))
         })
         .transpose()?;
     let subject = match (&principal.subject, query.subject) {
-        (Some(bound), Some(named)) if *bound != named => {
-            return Err(ApiError::Forbidden("this subject"))
-        }
+        (Some(bound), Some(named)) if *bound != named => return Err(ApiError::Forbidden("this subject")),
         (Some(bound), _) => Some(bound.clone()),
         (None, named) => named,
     };
     let limit = super::page_size(&state, query.limit)?;
-    let tenant_id = state
-        .tenant_of(&principal, query.tenant_id.as_ref())
-        .await?;
-    let filter = EventFilter {
-        subject,
-        kind,
-        credit_type: query.credit_type,
-        from: query.from,
-        to: query.to,
-    };
+    let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
+    let filter = EventFilter { subject, kind, credit_type: query.credit_type, from: query.from, to: query.to };
     let scope = cursor_scope(&tenant_id, &filter);
-    let after = query
-        .cursor
-        .as_deref()
-        .map(|c| state.cursors.decode(c, &scope))
-        .transpose()?;
-    let rows = state
-        .store
-        .events(&tenant_id, &filter, Page { after, limit })
-        .await?;
+    let after = query.cursor.as_deref().map(|c| state.cursors.decode(c, &scope)).transpose()?;
+    let rows = state.store.events(&tenant_id, &filter, Page { after, limit }).await?;
     let next_cursor = (rows.len() == limit as usize)
-        .then(|| {
-            rows.last()
-                .map(|(seq, _)| state.cursors.encode(*seq, &scope))
-        })
+        .then(|| rows.last().map(|(seq, _)| state.cursors.encode(*seq, &scope)))
         .flatten();
-    Ok(Json(EventPage {
-        data: rows.into_iter().map(|(_, e)| e).collect(),
-        next_cursor,
-    }))
+    Ok(Json(EventPage { data: rows.into_iter().map(|(_, e)| e).collect(), next_cursor }))
 }
 
 /// Binds a cursor to the tenant and the filter it was issued for.

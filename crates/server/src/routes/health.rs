@@ -16,11 +16,7 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
-        Ok(Err(e)) => Err(ApiError::Store(licenseseal_store::StoreError::Unavailable(
-            e.to_string(),
-        ))),
-        Err(_) => Err(ApiError::Store(licenseseal_store::StoreError::Unavailable(
-            "ping timed out".into(),
-        ))),
+        Ok(Err(e)) => Err(ApiError::Store(licenseseal_store::StoreError::Unavailable(e.to_string()))),
+        Err(_) => Err(ApiError::Store(licenseseal_store::StoreError::Unavailable("ping timed out".into()))),
     }
 }

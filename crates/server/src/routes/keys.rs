@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use licenseseal_auth::{ApiKeys, NewApiKey, Principal};
+use licenseseal_auth::{ApiKeys, Principal};
 use licenseseal_ledger::{KeyId, Scopes, SubjectId, TenantId, Timestamp};
 use licenseseal_store::{ApiKeyRecord, Page};
 use serde::{Deserialize, Serialize};
@@ -62,38 +62,8 @@ pub struct CreateKey {
     expires_at: Option<Timestamp>,
 }
 
-/// A new key record from a generated secret.
-pub fn new_record(
-    generated: &NewApiKey,
-    tenant_id: Option<TenantId>,
-    name: String,
-    scopes: Scopes,
-    subject: Option<SubjectId>,
-    expires_at: Option<Timestamp>,
-    now: Timestamp,
-) -> ApiKeyRecord {
-    ApiKeyRecord {
-        id: KeyId::from_uuid(uuid::Uuid::now_v7()),
-        tenant_id,
-        name,
-        prefix: generated.prefix.clone(),
-        hash: generated.hash,
-        scopes,
-        subject,
-        expires_at,
-        revoked_at: None,
-        created_at: now,
-        last_used_at: None,
-        rotated_from: None,
-    }
-}
-
 /// A tenant principal may only hand out what it holds itself.
-fn check_no_widening(
-    principal: &Principal,
-    scopes: Scopes,
-    subject: Option<&SubjectId>,
-) -> Result<(), ApiError> {
+fn check_no_widening(principal: &Principal, scopes: Scopes, subject: Option<&SubjectId>) -> Result<(), ApiError> {
     if principal.is_operator() {
         return Ok(());
     }
@@ -114,42 +84,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<KeyBody>), ApiError> {
     let name = body.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must be 1–200 printable characters",
-        ));
+        return Err(ApiError::bad_request("invalid_name", "name must be 1–200 printable characters"));
     }
     if body.scopes.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_scopes",
-            "scopes must name at least one intent",
-        ));
+        return Err(ApiError::bad_request("invalid_scopes", "scopes must name at least one intent"));
     }
     let now = state.clock.now();
     if body.expires_at.is_some_and(|at| at <= now) {
-        return Err(ApiError::bad_request(
-            "invalid_expires_at",
-            "expires_at must be in the future",
-        ));
+        return Err(ApiError::bad_request("invalid_expires_at", "expires_at must be in the future"));
     }
     let subject = body.subject.or_else(|| principal.subject.clone());
     check_no_widening(&principal, body.scopes, subject.as_ref())?;
     let tenant_id = state.tenant_of(&principal, body.tenant_id.as_ref()).await?;
     let generated = ApiKeys::generate();
-    let record = new_record(
-        &generated,
-        Some(tenant_id),
-        name,
-        body.scopes,
-        subject,
-        body.expires_at,
-        now,
-    );
+    let record = generated.record(Some(tenant_id), name, body.scopes, subject, body.expires_at, now);
     state.store.insert_api_key(record.clone()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(KeyBody::new(record, Some(generated.secret))),
-    ))
+    Ok((StatusCode::CREATED, Json(KeyBody::new(record, Some(generated.secret)))))
 }
 
 #[derive(Deserialize)]
@@ -172,24 +122,12 @@ pub async fn list(
     Query(query): Query<ListKeys>,
 ) -> Result<Json<KeyPage>, ApiError> {
     let limit = super::page_size(&state, query.limit)?;
-    let tenant_id = state
-        .tenant_of(&principal, query.tenant_id.as_ref())
-        .await?;
+    let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
     let scope = format!("api-keys|{tenant_id}");
-    let after = query
-        .cursor
-        .as_deref()
-        .map(|c| state.cursors.decode(c, &scope))
-        .transpose()?;
-    let rows = state
-        .store
-        .api_keys(Some(&tenant_id), Page { after, limit })
-        .await?;
+    let after = query.cursor.as_deref().map(|c| state.cursors.decode(c, &scope)).transpose()?;
+    let rows = state.store.api_keys(Some(&tenant_id), Page { after, limit }).await?;
     let next_cursor = (rows.len() == limit as usize)
-        .then(|| {
-            rows.last()
-                .map(|(seq, _)| state.cursors.encode(*seq, &scope))
-        })
+        .then(|| rows.last().map(|(seq, _)| state.cursors.encode(*seq, &scope)))
         .flatten();
     let data = rows
         .into_iter()
@@ -200,17 +138,9 @@ pub async fn list(
 }
 
 /// Finds a key the principal may manage; anything else is "not found".
-async fn managed_key(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<ApiKeyRecord, ApiError> {
+async fn managed_key(state: &AppState, principal: &Principal, id: &str) -> Result<ApiKeyRecord, ApiError> {
     let id = KeyId::parse(id).map_err(|_| ApiError::NotFound("api key"))?;
-    let record = state
-        .store
-        .api_key(&id)
-        .await?
-        .ok_or(ApiError::NotFound("api key"))?;
+    let record = state.store.api_key(&id).await?.ok_or(ApiError::NotFound("api key"))?;
     let visible = principal.is_operator()
         || (record.tenant_id == principal.tenant_id
             && (principal.subject.is_none() || record.subject == principal.subject));
@@ -243,32 +173,16 @@ pub async fn rotate(
     let old = managed_key(&state, &principal, &id).await?;
     let now = state.clock.now();
     if !old.is_active(now) {
-        return Err(ApiError::Unprocessable {
-            code: "key_inactive",
-            detail: "the key is revoked or expired".into(),
-        });
+        return Err(ApiError::Unprocessable { code: "key_inactive", detail: "the key is revoked or expired".into() });
     }
     let generated = ApiKeys::generate();
-    let mut record = new_record(
-        &generated,
-        old.tenant_id.clone(),
-        old.name.clone(),
-        old.scopes,
-        old.subject.clone(),
-        old.expires_at,
-        now,
-    );
+    let mut record =
+        generated.record(old.tenant_id.clone(), old.name.clone(), old.scopes, old.subject.clone(), old.expires_at, now);
     record.rotated_from = Some(old.id.clone());
     state.store.insert_api_key(record.clone()).await?;
-    state
-        .store
-        .retire_api_key(&old.id, now.plus_seconds(i64::from(grace)), false)
-        .await?;
+    state.store.retire_api_key(&old.id, now.plus_seconds(i64::from(grace)), false).await?;
     state.keys.invalidate();
-    Ok((
-        StatusCode::CREATED,
-        Json(KeyBody::new(record, Some(generated.secret))),
-    ))
+    Ok((StatusCode::CREATED, Json(KeyBody::new(record, Some(generated.secret)))))
 }
 
 pub async fn revoke(
@@ -277,15 +191,8 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyBody>, ApiError> {
     let key = managed_key(&state, &principal, &id).await?;
-    state
-        .store
-        .retire_api_key(&key.id, state.clock.now(), true)
-        .await?;
+    state.store.retire_api_key(&key.id, state.clock.now(), true).await?;
     state.keys.invalidate();
-    let key = state
-        .store
-        .api_key(&key.id)
-        .await?
-        .ok_or(ApiError::NotFound("api key"))?;
+    let key = state.store.api_key(&key.id).await?.ok_or(ApiError::NotFound("api key"))?;
     Ok(Json(KeyBody::new(key, None)))
 }

@@ -7,15 +7,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use licenseseal_auth::Principal;
 use licenseseal_ledger::{
-    Amount, Applied, Command, CommandKind, CreditType, Event, EventId, Fingerprint, Outcome,
-    SignedAmount, SubjectId, TenantId, Timestamp,
+    Amount, Applied, Command, CommandKind, CreditType, Event, EventId, Fingerprint, Outcome, SignedAmount, SubjectId,
+    TenantId, Timestamp,
 };
 use licenseseal_store::Execution;
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{
-    subject_of, Adjust, Authed, CorrelationId, Debit, Grant, Idempotency, Json, Refund,
-};
+use crate::extract::{subject_of, Adjust, Authed, CorrelationId, Debit, Grant, Idempotency, Json, Refund};
 use crate::{ApiError, AppState};
 
 /// Free-form caller data kept on the event: a JSON object of at most 4 KiB.
@@ -34,9 +32,7 @@ impl<'de> Deserialize<'de> for Metadata {
             return Err(serde::de::Error::custom("metadata must be a JSON object"));
         }
         if serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len()) > Metadata::BYTES_MAX {
-            return Err(serde::de::Error::custom(
-                "metadata must be at most 4096 bytes",
-            ));
+            return Err(serde::de::Error::custom("metadata must be at most 4096 bytes"));
         }
         Ok(Metadata(value))
     }
@@ -121,20 +117,14 @@ async fn envelope(
     correlation_id: CorrelationId,
 ) -> Result<Envelope, ApiError> {
     let tenant_id = state.tenant_of(&principal, named).await?;
-    Ok(Envelope {
-        tenant_id,
-        principal,
-        idempotency,
-        correlation_id,
-    })
+    Ok(Envelope { tenant_id, principal, idempotency, correlation_id })
 }
 
 fn future_expiry(state: &AppState, expires_at: Option<Timestamp>) -> Result<(), ApiError> {
     match expires_at {
-        Some(at) if at <= state.clock.now() => Err(ApiError::bad_request(
-            "invalid_expires_at",
-            "expires_at must be in the future",
-        )),
+        Some(at) if at <= state.clock.now() => {
+            Err(ApiError::bad_request("invalid_expires_at", "expires_at must be in the future"))
+        }
         _ => Ok(()),
     }
 }
@@ -148,18 +138,9 @@ pub async fn grant(
 ) -> Result<Response, ApiError> {
     let subject = subject_of(&principal, body.subject.as_ref())?;
     future_expiry(&state, body.expires_at)?;
-    let env = envelope(
-        &state,
-        principal,
-        body.tenant_id.as_ref(),
-        idempotency,
-        correlation_id,
-    )
-    .await?;
+    let env = envelope(&state, principal, body.tenant_id.as_ref(), idempotency, correlation_id).await?;
     let credit_type = body.credit_type.take().unwrap_or_default();
-    let priority = body
-        .priority
-        .unwrap_or(licenseseal_ledger::decide::DEFAULT_PRIORITY);
+    let priority = body.priority.unwrap_or(licenseseal_ledger::decide::DEFAULT_PRIORITY);
     let kind = CommandKind::Grant {
         subject: subject.clone(),
         credit_type: credit_type.clone(),
@@ -186,14 +167,7 @@ pub async fn debit(
     Json(mut body): Json<DebitBody>,
 ) -> Result<Response, ApiError> {
     let subject = subject_of(&principal, body.subject.as_ref())?;
-    let env = envelope(
-        &state,
-        principal,
-        body.tenant_id.as_ref(),
-        idempotency,
-        correlation_id,
-    )
-    .await?;
+    let env = envelope(&state, principal, body.tenant_id.as_ref(), idempotency, correlation_id).await?;
     let credit_type = body.credit_type.take().unwrap_or_default();
     let kind = CommandKind::Debit {
         subject: subject.clone(),
@@ -218,24 +192,14 @@ pub async fn refund(
     Json(body): Json<RefundBody>,
 ) -> Result<Response, ApiError> {
     let bound_subject = principal.subject.clone();
-    let env = envelope(
-        &state,
-        principal,
-        body.tenant_id.as_ref(),
-        idempotency,
-        correlation_id,
-    )
-    .await?;
+    let env = envelope(&state, principal, body.tenant_id.as_ref(), idempotency, correlation_id).await?;
     let kind = CommandKind::Refund {
         refund_of: body.refund_of.clone(),
         amount: body.amount,
         bound_subject,
         metadata: metadata(&body.metadata),
     };
-    let canonical = RefundBody {
-        tenant_id: Some(env.tenant_id.clone()),
-        ..body
-    };
+    let canonical = RefundBody { tenant_id: Some(env.tenant_id.clone()), ..body };
     execute(&state, env.command("/v1/refunds", &canonical, kind)).await
 }
 
@@ -249,20 +213,10 @@ pub async fn adjust(
     let subject = subject_of(&principal, body.subject.as_ref())?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1–500 printable characters",
-        ));
+        return Err(ApiError::bad_request("invalid_reason", "reason must be 1–500 printable characters"));
     }
     let reason = reason.to_owned();
-    let env = envelope(
-        &state,
-        principal,
-        body.tenant_id.as_ref(),
-        idempotency,
-        correlation_id,
-    )
-    .await?;
+    let env = envelope(&state, principal, body.tenant_id.as_ref(), idempotency, correlation_id).await?;
     let credit_type = body.credit_type.take().unwrap_or_default();
     let kind = CommandKind::Adjust {
         subject: subject.clone(),
@@ -298,25 +252,14 @@ async fn execute(state: &AppState, command: Command) -> Result<Response, ApiErro
         Execution::KeyReusedWithDifferentRequest => return Err(ApiError::KeyReused),
     };
     let mut response = match outcome {
-        Outcome::Applied(Applied {
-            event,
-            balance,
-            available,
-        }) => {
-            let body = AppliedBody {
-                event_id: &event.id,
-                event: &event,
-                balance,
-                available,
-            };
+        Outcome::Applied(Applied { event, balance, available }) => {
+            let body = AppliedBody { event_id: &event.id, event: &event, balance, available };
             (StatusCode::CREATED, axum::Json(body)).into_response()
         }
         Outcome::Refused(refusal) => ApiError::Refused(refusal).into_response(),
     };
     if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }

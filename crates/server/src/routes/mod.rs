@@ -24,10 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/debits", post(ledger::debit))
         .route("/v1/refunds", post(ledger::refund))
         .route("/v1/adjustments", post(ledger::adjust))
-        .route(
-            "/v1/accounts/{subject}",
-            get(accounts::get).patch(accounts::patch),
-        )
+        .route("/v1/accounts/{subject}", get(accounts::get).patch(accounts::patch))
         .route("/v1/events", get(events::list))
         .route("/v1/events/{id}", get(events::get))
 }

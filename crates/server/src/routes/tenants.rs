@@ -27,16 +27,10 @@ pub async fn create(
     }
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must be 1–200 printable characters",
-        ));
+        return Err(ApiError::bad_request("invalid_name", "name must be 1–200 printable characters"));
     }
-    let tenant = Tenant {
-        id: TenantId::from_uuid(uuid::Uuid::now_v7()),
-        name: name.to_owned(),
-        created_at: state.clock.now(),
-    };
+    let tenant =
+        Tenant { id: TenantId::from_uuid(uuid::Uuid::now_v7()), name: name.to_owned(), created_at: state.clock.now() };
     state.store.create_tenant(tenant.clone()).await?;
     let body = json!({ "id": tenant.id, "name": tenant.name, "created_at": tenant.created_at });
     Ok((StatusCode::CREATED, Json(body)))

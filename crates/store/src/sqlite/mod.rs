@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use self::rows::{api_key_from_row, event_from_row, load_account, load_event, API_KEY_COLUMNS};
 use self::writer::{AccountCache, AdminOp, WriteOp, Writer};
 use crate::{
-    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange,
-    StoreError, Tenant,
+    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange, StoreError, Tenant,
 };
 
 /// Named limits of the SQLite backend.
@@ -36,12 +35,7 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig {
-            batch_size_max: 1024,
-            queue_depth_max: 16_384,
-            readers_max: 4,
-            account_cache_max: 100_000,
-        }
+        SqliteConfig { batch_size_max: 1024, queue_depth_max: 16_384, readers_max: 4, account_cache_max: 100_000 }
     }
 }
 
@@ -61,11 +55,7 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) the store in `data_dir` and starts its writer.
-    pub fn open(
-        data_dir: &Path,
-        clock: Arc<dyn Clock>,
-        config: SqliteConfig,
-    ) -> Result<Self, StoreError> {
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, config: SqliteConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data directory: {e}")))?;
         let path = Self::database_path(data_dir);
@@ -77,12 +67,7 @@ impl SqliteStore {
             [rand::random::<[u8; 32]>().to_vec()],
         )?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
-        let writer = Writer::new(
-            conn,
-            clock.clone(),
-            config.batch_size_max,
-            config.account_cache_max,
-        );
+        let writer = Writer::new(conn, clock.clone(), config.batch_size_max, config.account_cache_max);
         let thread = std::thread::Builder::new()
             .name("licenseseal-writer".into())
             .spawn(move || writer.run(rx))
@@ -97,23 +82,32 @@ impl SqliteStore {
         })
     }
 
+    /// Whether the database file at `path` holds an initialised store, read without writing.
+    pub fn is_initialized_at(path: &Path) -> Result<bool, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let has_meta: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            return Ok(false);
+        }
+        Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')", [], |r| r.get(0))?)
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<WriteOp>, StoreError> {
         self.writer.lock().clone().ok_or(StoreError::Closed)
     }
 
     async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.sender()?
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Closed)
+        self.sender()?.send(op).await.map_err(|_| StoreError::Closed)
     }
 
     /// Runs `f` on the writer connection inside the next batch; resolves after the commit.
     async fn admin<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection, &mut AccountCache, Timestamp) -> Result<T, StoreError>
-            + Send
-            + 'static,
+        f: impl FnOnce(&Connection, &mut AccountCache, Timestamp) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let op: AdminOp = Box::new(move |conn, cache, now| {
@@ -133,11 +127,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _permit = self
-            .reader_permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let _permit = self.reader_permits.acquire().await.map_err(|_| StoreError::Closed)?;
         let conn = match self.readers.lock().pop() {
             Some(conn) => conn,
             None => {
@@ -183,15 +173,9 @@ impl LedgerStore for SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn set_policy(
-        &self,
-        key: AccountKey,
-        change: PolicyChange,
-    ) -> Result<AccountView, StoreError> {
+    async fn set_policy(&self, key: AccountKey, change: PolicyChange) -> Result<AccountView, StoreError> {
         self.admin(move |conn, cache, now| {
-            let mut state = load_account(conn, &key)?
-                .map(|(s, _)| s)
-                .unwrap_or_default();
+            let mut state = load_account(conn, &key)?.map(|(s, _)| s).unwrap_or_default();
             change.apply(&mut state.policy);
             writer::upsert_account(conn, &key, &state, now)?;
             cache.invalidate(&key);
@@ -200,11 +184,7 @@ impl LedgerStore for SqliteStore {
         .await
     }
 
-    async fn account(
-        &self,
-        key: &AccountKey,
-        as_of: Option<Timestamp>,
-    ) -> Result<Option<AccountView>, StoreError> {
+    async fn account(&self, key: &AccountKey, as_of: Option<Timestamp>) -> Result<Option<AccountView>, StoreError> {
         let key = key.clone();
         let now = self.clock.now();
         self.read(move |conn| {
@@ -245,13 +225,9 @@ impl LedgerStore for SqliteStore {
     ) -> Result<Vec<(i64, Event)>, StoreError> {
         let (tenant, filter) = (tenant.clone(), filter.clone());
         self.read(move |conn| {
-            let mut sql = String::from(
-                "SELECT seq, tenant_id, body FROM events WHERE tenant_id = ?1 AND seq > ?2",
-            );
-            let mut args: Vec<rusqlite::types::Value> = vec![
-                tenant.as_str().to_owned().into(),
-                page.after.unwrap_or(0).into(),
-            ];
+            let mut sql = String::from("SELECT seq, tenant_id, body FROM events WHERE tenant_id = ?1 AND seq > ?2");
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![tenant.as_str().to_owned().into(), page.after.unwrap_or(0).into()];
             let mut push = |clause: &str, value: rusqlite::types::Value| {
                 args.push(value);
                 sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -274,11 +250,7 @@ impl LedgerStore for SqliteStore {
             sql.push_str(&format!(" ORDER BY seq LIMIT {}", page.limit));
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
             })?;
             rows.map(|row| {
                 let (seq, tenant, body) = row?;
@@ -305,15 +277,9 @@ impl LedgerStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .prepare_cached("SELECT name, created_at FROM tenants WHERE id = ?1")?
-                .query_row([id.as_str()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
+                .query_row([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                 .optional()?;
-            Ok(row.map(|(name, created_at)| Tenant {
-                id,
-                name,
-                created_at: Timestamp::from_micros(created_at),
-            }))
+            Ok(row.map(|(name, created_at)| Tenant { id, name, created_at: Timestamp::from_micros(created_at) }))
         })
         .await
     }
@@ -349,10 +315,7 @@ impl LedgerStore for SqliteStore {
     async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.read(move |conn| {
             let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = ?1");
-            let row = conn
-                .prepare_cached(&sql)?
-                .query_row([&hash[..]], api_key_from_row)
-                .optional()?;
+            let row = conn.prepare_cached(&sql)?.query_row([&hash[..]], api_key_from_row).optional()?;
             Ok(row.transpose()?.map(|(_, k)| k))
         })
         .await
@@ -362,20 +325,13 @@ impl LedgerStore for SqliteStore {
         let id = id.clone();
         self.read(move |conn| {
             let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?1");
-            let row = conn
-                .prepare_cached(&sql)?
-                .query_row([id.as_str()], api_key_from_row)
-                .optional()?;
+            let row = conn.prepare_cached(&sql)?.query_row([id.as_str()], api_key_from_row).optional()?;
             Ok(row.transpose()?.map(|(_, k)| k))
         })
         .await
     }
 
-    async fn api_keys(
-        &self,
-        tenant: Option<&TenantId>,
-        page: Page,
-    ) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError> {
+    async fn api_keys(&self, tenant: Option<&TenantId>, page: Page) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError> {
         let tenant = tenant.cloned();
         self.read(move |conn| {
             let sql = format!(
@@ -383,21 +339,14 @@ impl LedgerStore for SqliteStore {
                 page.limit
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![tenant.as_ref().map(TenantId::as_str), page.after.unwrap_or(0)],
-                api_key_from_row,
-            )?;
+            let rows = stmt
+                .query_map(params![tenant.as_ref().map(TenantId::as_str), page.after.unwrap_or(0)], api_key_from_row)?;
             rows.map(|r| r?).collect()
         })
         .await
     }
 
-    async fn retire_api_key(
-        &self,
-        id: &KeyId,
-        at: Timestamp,
-        revoke: bool,
-    ) -> Result<(), StoreError> {
+    async fn retire_api_key(&self, id: &KeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError> {
         let id = id.clone();
         self.admin(move |conn, _, _| {
             if revoke {
@@ -431,11 +380,8 @@ impl LedgerStore for SqliteStore {
 
     async fn is_initialized(&self) -> Result<bool, StoreError> {
         self.read(|conn| {
-            let found: Option<i64> = conn
-                .query_row("SELECT 1 FROM meta WHERE key = 'initialized'", [], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let found: Option<i64> =
+                conn.query_row("SELECT 1 FROM meta WHERE key = 'initialized'", [], |r| r.get(0)).optional()?;
             Ok(found.is_some())
         })
         .await
@@ -443,24 +389,14 @@ impl LedgerStore for SqliteStore {
 
     async fn cursor_secret(&self) -> Result<[u8; 32], StoreError> {
         self.read(|conn| {
-            let v: Vec<u8> = conn.query_row(
-                "SELECT value FROM meta WHERE key = 'cursor_secret'",
-                [],
-                |r| r.get(0),
-            )?;
-            v.try_into()
-                .map_err(|_| StoreError::Corrupt("cursor secret length".into()))
+            let v: Vec<u8> = conn.query_row("SELECT value FROM meta WHERE key = 'cursor_secret'", [], |r| r.get(0))?;
+            v.try_into().map_err(|_| StoreError::Corrupt("cursor secret length".into()))
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| {
-            Ok(conn
-                .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(drop)?)
-        })
-        .await
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop)?)).await
     }
 
     async fn shutdown(&self) {

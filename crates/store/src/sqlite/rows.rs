@@ -1,8 +1,7 @@
 //! Mapping between rows and domain values, shared by the writer and the readers.
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, Scopes, SubjectId,
-    TenantId, Timestamp,
+    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, Scopes, SubjectId, TenantId, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -17,19 +16,14 @@ pub fn ts(micros: Option<i64>) -> Option<Timestamp> {
 }
 
 pub fn event_from_row(tenant: &str, body: &str) -> Result<Event, StoreError> {
-    let mut event: Event =
-        serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
+    let mut event: Event = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
     event.tenant_id = Some(TenantId::parse(tenant).map_err(corrupt("event tenant"))?);
     Ok(event)
 }
 
 pub fn insert_event(conn: &Connection, event: &Event) -> Result<i64, StoreError> {
-    let body = serde_json::to_string(event)
-        .map_err(|e| StoreError::Corrupt(format!("event encode: {e}")))?;
-    let tenant = event
-        .tenant_id
-        .as_ref()
-        .ok_or_else(|| StoreError::Corrupt("event without tenant".into()))?;
+    let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(format!("event encode: {e}")))?;
+    let tenant = event.tenant_id.as_ref().ok_or_else(|| StoreError::Corrupt("event without tenant".into()))?;
     let mut stmt = conn.prepare_cached(
         "INSERT INTO events (id, tenant_id, subject, credit_type, kind, amount, delta, balance_after, created_at, refund_of, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -50,35 +44,21 @@ pub fn insert_event(conn: &Connection, event: &Event) -> Result<i64, StoreError>
     Ok(conn.last_insert_rowid())
 }
 
-pub fn load_event(
-    conn: &Connection,
-    tenant: &TenantId,
-    id: &EventId,
-) -> Result<Option<Event>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT tenant_id, body FROM events WHERE id = ?1 AND tenant_id = ?2")?;
+pub fn load_event(conn: &Connection, tenant: &TenantId, id: &EventId) -> Result<Option<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT tenant_id, body FROM events WHERE id = ?1 AND tenant_id = ?2")?;
     let row = stmt
-        .query_row(params![id.as_str(), tenant.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
+        .query_row(params![id.as_str(), tenant.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
         .optional()?;
     row.map(|(t, b)| event_from_row(&t, &b)).transpose()
 }
 
 /// Loads an account's balance, policy and live lots; `None` if it has never been used.
-pub fn load_account(
-    conn: &Connection,
-    key: &AccountKey,
-) -> Result<Option<(AccountState, Timestamp)>, StoreError> {
+pub fn load_account(conn: &Connection, key: &AccountKey) -> Result<Option<(AccountState, Timestamp)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT balance, held, overdraft_limit, max_debit_amount, updated_at FROM accounts
          WHERE tenant_id = ?1 AND subject = ?2 AND credit_type = ?3",
     )?;
-    let k = params![
-        key.tenant_id.as_str(),
-        key.subject.as_str(),
-        key.credit_type.as_str()
-    ];
+    let k = params![key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str()];
     let head = stmt
         .query_row(k, |r| {
             Ok((
@@ -111,25 +91,20 @@ pub fn load_account(
 
 fn lot_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Lot, StoreError>> {
     let id: String = r.get(0)?;
-    Ok(EventId::parse(&id)
-        .map_err(corrupt("lot id"))
-        .map(|id| Lot {
-            id,
-            priority: r.get(1).unwrap_or_default(),
-            expires_at: ts(r.get(2).unwrap_or_default()),
-            created_at: Timestamp::from_micros(r.get(3).unwrap_or_default()),
-            remaining: r.get::<_, i64>(4).unwrap_or_default() as u64,
-        }))
+    Ok(EventId::parse(&id).map_err(corrupt("lot id")).map(|id| Lot {
+        id,
+        priority: r.get(1).unwrap_or_default(),
+        expires_at: ts(r.get(2).unwrap_or_default()),
+        created_at: Timestamp::from_micros(r.get(3).unwrap_or_default()),
+        remaining: r.get::<_, i64>(4).unwrap_or_default() as u64,
+    }))
 }
 
 /// Loads one lot by id (a refund may return credit to a drained lot).
 pub fn load_lot(conn: &Connection, id: &EventId) -> Result<Option<Lot>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, priority, expires_at, created_at, remaining FROM lots WHERE id = ?1",
-    )?;
-    stmt.query_row([id.as_str()], lot_from_row)
-        .optional()?
-        .transpose()
+    let mut stmt =
+        conn.prepare_cached("SELECT id, priority, expires_at, created_at, remaining FROM lots WHERE id = ?1")?;
+    stmt.query_row([id.as_str()], lot_from_row).optional()?.transpose()
 }
 
 pub const API_KEY_COLUMNS: &str =
@@ -144,41 +119,26 @@ pub fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(i64, ApiKeyReco
     let subject: Option<String> = r.get(7)?;
     let rotated_from: Option<String> = r.get(12)?;
     let (name, prefix) = (r.get(3)?, r.get(4)?);
-    let (expires_at, revoked_at, created_at, last_used_at) =
-        (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
+    let (expires_at, revoked_at, created_at, last_used_at) = (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
     let build = || -> Result<(i64, ApiKeyRecord), StoreError> {
-        let scopes: Vec<String> = serde_json::from_str(&scopes)
-            .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
+        let scopes: Vec<String> =
+            serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
         Ok((
             seq,
             ApiKeyRecord {
                 id: KeyId::parse(&id).map_err(corrupt("key id"))?,
-                tenant_id: tenant
-                    .as_deref()
-                    .map(TenantId::parse)
-                    .transpose()
-                    .map_err(corrupt("key tenant"))?,
+                tenant_id: tenant.as_deref().map(TenantId::parse).transpose().map_err(corrupt("key tenant"))?,
                 name,
                 prefix,
-                hash: hash
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("key hash length".into()))?,
+                hash: hash.try_into().map_err(|_| StoreError::Corrupt("key hash length".into()))?,
                 scopes: Scopes::parse(scopes.iter().map(String::as_str))
                     .map_err(|s| StoreError::Corrupt(format!("unknown scope {s}")))?,
-                subject: subject
-                    .as_deref()
-                    .map(SubjectId::parse)
-                    .transpose()
-                    .map_err(corrupt("key subject"))?,
+                subject: subject.as_deref().map(SubjectId::parse).transpose().map_err(corrupt("key subject"))?,
                 expires_at: ts(expires_at),
                 revoked_at: ts(revoked_at),
                 created_at: Timestamp::from_micros(created_at),
                 last_used_at: ts(last_used_at),
-                rotated_from: rotated_from
-                    .as_deref()
-                    .map(KeyId::parse)
-                    .transpose()
-                    .map_err(corrupt("rotated_from"))?,
+                rotated_from: rotated_from.as_deref().map(KeyId::parse).transpose().map_err(corrupt("rotated_from"))?,
             },
         ))
     };

@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use licenseseal_ledger::idempotency::decide_idempotency;
 use licenseseal_ledger::{
-    decide, sweep_expired, AccountKey, AccountState, Command, CommandKind, Context, DebitRecord,
-    EventId, EventKind, IdempotencyDecision, Outcome, Refusal, RefusalCode, StoredOutcome,
-    Timestamp,
+    decide, sweep_expired, AccountKey, AccountState, Command, CommandKind, Context, DebitRecord, EventId, EventKind,
+    IdempotencyDecision, Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -26,14 +25,10 @@ use crate::{Clock, Execution, StoreError};
 pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A non-ledger write run on the writer connection: returns whether it succeeded (else its
 /// savepoint is rolled back) and what to do once the batch's fate is known.
-pub(crate) type AdminOp =
-    Box<dyn FnOnce(&Connection, &mut AccountCache, Timestamp) -> (bool, Completion) + Send>;
+pub(crate) type AdminOp = Box<dyn FnOnce(&Connection, &mut AccountCache, Timestamp) -> (bool, Completion) + Send>;
 
 pub(crate) enum WriteOp {
-    Ledger {
-        command: Command,
-        reply: oneshot::Sender<Result<Execution, StoreError>>,
-    },
+    Ledger { command: Command, reply: oneshot::Sender<Result<Execution, StoreError>> },
     Admin(AdminOp),
 }
 
@@ -58,26 +53,15 @@ pub(crate) struct Writer {
 }
 
 enum Pending {
-    Ledger(
-        oneshot::Sender<Result<Execution, StoreError>>,
-        Result<Execution, StoreError>,
-    ),
+    Ledger(oneshot::Sender<Result<Execution, StoreError>>, Result<Execution, StoreError>),
     Admin(Completion),
 }
 
 impl Writer {
-    pub(crate) fn new(
-        conn: Connection,
-        clock: Arc<dyn Clock>,
-        batch_max: usize,
-        cache_max: usize,
-    ) -> Self {
+    pub(crate) fn new(conn: Connection, clock: Arc<dyn Clock>, batch_max: usize, cache_max: usize) -> Self {
         Writer {
             conn,
-            cache: AccountCache {
-                map: HashMap::new(),
-                max: cache_max,
-            },
+            cache: AccountCache { map: HashMap::new(), max: cache_max },
             clock,
             last_now: Timestamp::from_micros(0),
             batch_max,
@@ -147,9 +131,7 @@ impl Writer {
                 WriteOp::Ledger { reply, .. } => Pending::Ledger(reply, Err(e.into())),
                 WriteOp::Admin(op) => {
                     let (_, done) = op(&self.conn, &mut self.cache, now);
-                    Pending::Admin(Box::new(move |_| {
-                        done(Err(StoreError::Unavailable(e.to_string())))
-                    }))
+                    Pending::Admin(Box::new(move |_| done(Err(StoreError::Unavailable(e.to_string())))))
                 }
             };
         }
@@ -177,9 +159,7 @@ impl Writer {
         let stored = load_idempotency(&self.conn, cmd)?;
         match decide_idempotency(stored.as_ref(), &cmd.fingerprint) {
             IdempotencyDecision::Replay(outcome) => return Ok(Execution::Replayed(outcome)),
-            IdempotencyDecision::KeyReusedWithDifferentRequest => {
-                return Ok(Execution::KeyReusedWithDifferentRequest)
-            }
+            IdempotencyDecision::KeyReusedWithDifferentRequest => return Ok(Execution::KeyReusedWithDifferentRequest),
             IdempotencyDecision::Fresh => {}
         }
         let (key, debit) = match &cmd.kind {
@@ -188,9 +168,7 @@ impl Writer {
                 Err(refusal) => return self.store_refusal(cmd, now, refusal),
             },
             kind => {
-                let (subject, credit_type) = kind
-                    .account()
-                    .expect("non-refund commands name their account");
+                let (subject, credit_type) = kind.account().expect("non-refund commands name their account");
                 let key = AccountKey {
                     tenant_id: cmd.tenant_id.clone(),
                     subject: subject.clone(),
@@ -206,12 +184,7 @@ impl Writer {
         let before = state.clone();
         let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut next_id = || EventId::from_uuid(uuid::Uuid::now_v7());
-            let mut ctx = Context {
-                key: &key,
-                now,
-                correlation_id: &cmd.correlation_id,
-                next_id: &mut next_id,
-            };
+            let mut ctx = Context { key: &key, now, correlation_id: &cmd.correlation_id, next_id: &mut next_id };
             let mut swept = state;
             let mut events = sweep_expired(&mut swept, &mut ctx);
             decide(&cmd.kind, &swept, debit.as_ref(), &mut ctx).map(|d| {
@@ -221,17 +194,11 @@ impl Writer {
         }));
         let (after, events, outcome) = match decided {
             Ok(result) => result?,
-            Err(_) => {
-                return Err(StoreError::Corrupt(
-                    "ledger invariant violated; operation rolled back".into(),
-                ))
-            }
+            Err(_) => return Err(StoreError::Corrupt("ledger invariant violated; operation rolled back".into())),
         };
         let moved: i64 = events.iter().map(|e| e.delta).sum();
         if before.balance.checked_add(moved) != Some(after.balance) {
-            return Err(StoreError::Corrupt(
-                "balance does not equal the sum of event deltas".into(),
-            ));
+            return Err(StoreError::Corrupt("balance does not equal the sum of event deltas".into()));
         }
         for event in &events {
             insert_event(&self.conn, event)?;
@@ -251,12 +218,7 @@ impl Writer {
 
     /// A refusal decided before an account was involved (unknown debit): stored like any other
     /// outcome so that it is sticky.
-    fn store_refusal(
-        &mut self,
-        cmd: &Command,
-        now: Timestamp,
-        refusal: Refusal,
-    ) -> Result<Execution, StoreError> {
+    fn store_refusal(&mut self, cmd: &Command, now: Timestamp, refusal: Refusal) -> Result<Execution, StoreError> {
         let outcome = Outcome::Refused(refusal);
         insert_idempotency(&self.conn, cmd, &outcome, None, now)?;
         Ok(Execution::Fresh(outcome))
@@ -269,18 +231,10 @@ impl Writer {
     ) -> Result<Result<(AccountKey, DebitRecord), Refusal>, StoreError> {
         let not_found = |code, detail: &str| {
             let correlation_id = cmd.correlation_id.clone();
-            Ok(Err(Refusal {
-                code,
-                detail: detail.to_owned(),
-                available: None,
-                correlation_id,
-            }))
+            Ok(Err(Refusal { code, detail: detail.to_owned(), available: None, correlation_id }))
         };
         let Some(event) = load_event(&self.conn, &cmd.tenant_id, refund_of)? else {
-            return not_found(
-                RefusalCode::EventNotFound,
-                "refund_of names no event of this tenant",
-            );
+            return not_found(RefusalCode::EventNotFound, "refund_of names no event of this tenant");
         };
         if event.kind != EventKind::Debit {
             return not_found(RefusalCode::NotADebit, "refund_of must name a debit event");
@@ -294,36 +248,19 @@ impl Writer {
             subject: event.subject.clone(),
             credit_type: event.credit_type.clone(),
         };
-        Ok(Ok((
-            key,
-            DebitRecord {
-                event,
-                refunded: refunded as u64,
-            },
-        )))
+        Ok(Ok((key, DebitRecord { event, refunded: refunded as u64 })))
     }
 
     fn account_state(&mut self, key: &AccountKey) -> Result<AccountState, StoreError> {
         if let Some(state) = self.cache.map.get(key) {
             return Ok(state.clone());
         }
-        Ok(load_account(&self.conn, key)?
-            .map(|(s, _)| s)
-            .unwrap_or_default())
+        Ok(load_account(&self.conn, key)?.map(|(s, _)| s).unwrap_or_default())
     }
 
     /// Makes sure every lot the debit drew from is in `state`, drained or not.
-    fn load_refund_lots(
-        &self,
-        state: &mut AccountState,
-        debit: &DebitRecord,
-    ) -> Result<(), StoreError> {
-        for lot_id in debit
-            .event
-            .allocations
-            .iter()
-            .filter_map(|a| a.lot_id.as_ref())
-        {
+    fn load_refund_lots(&self, state: &mut AccountState, debit: &DebitRecord) -> Result<(), StoreError> {
+        for lot_id in debit.event.allocations.iter().filter_map(|a| a.lot_id.as_ref()) {
             if !state.lots.iter().any(|l| l.id == *lot_id) {
                 if let Some(lot) = load_lot(&self.conn, lot_id)? {
                     state.lots.push(lot);
@@ -343,27 +280,19 @@ impl Writer {
 }
 
 fn load_idempotency(conn: &Connection, cmd: &Command) -> Result<Option<StoredOutcome>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT fingerprint, outcome FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT fingerprint, outcome FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?;
     let row = stmt
-        .query_row(
-            params![cmd.tenant_id.as_str(), cmd.idempotency_key.as_str()],
-            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
-        )
+        .query_row(params![cmd.tenant_id.as_str(), cmd.idempotency_key.as_str()], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })
         .optional()?;
     let Some((fingerprint, outcome)) = row else {
         return Ok(None);
     };
-    let fingerprint = fingerprint
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?;
-    let outcome = serde_json::from_str(&outcome)
-        .map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))?;
-    Ok(Some(StoredOutcome {
-        fingerprint: licenseseal_ledger::Fingerprint(fingerprint),
-        outcome,
-    }))
+    let fingerprint = fingerprint.try_into().map_err(|_| StoreError::Corrupt("fingerprint length".into()))?;
+    let outcome = serde_json::from_str(&outcome).map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))?;
+    Ok(Some(StoredOutcome { fingerprint: licenseseal_ledger::Fingerprint(fingerprint), outcome }))
 }
 
 fn insert_idempotency(
@@ -373,8 +302,7 @@ fn insert_idempotency(
     event_id: Option<&EventId>,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let outcome = serde_json::to_string(outcome)
-        .map_err(|e| StoreError::Corrupt(format!("outcome encode: {e}")))?;
+    let outcome = serde_json::to_string(outcome).map_err(|e| StoreError::Corrupt(format!("outcome encode: {e}")))?;
     let mut stmt = conn.prepare_cached(
         "INSERT INTO idempotency (tenant_id, key, fingerprint, outcome, event_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -402,10 +330,7 @@ fn write_lots(
          ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
     )?;
     for lot in &after.lots {
-        let unchanged = before
-            .lots
-            .iter()
-            .any(|b| b.id == lot.id && b.remaining == lot.remaining);
+        let unchanged = before.lots.iter().any(|b| b.id == lot.id && b.remaining == lot.remaining);
         if unchanged {
             continue;
         }

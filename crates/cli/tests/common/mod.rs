@@ -1,0 +1,207 @@
+//! The integration-test harness: a real gateway (real SQLite store in a temp directory, real
+//! HTTP on an ephemeral loopback port) started in-process with a manual clock, and typed
+//! helpers to call it. Nothing is mocked.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use licenseseal_auth::ApiKeys;
+use licenseseal_ledger::Timestamp;
+use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
+use licenseseal_store::{Clock, LedgerStore, ManualClock, SystemClock};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub struct Gateway {
+    pub base: String,
+    pub operator_key: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<SqliteStore>,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// A tenant and a key with every scope on it.
+pub struct Tenant {
+    pub id: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn replayed(&self) -> bool {
+        self.header("idempotent-replayed") == Some("true")
+    }
+
+    pub fn is_problem(&self) -> bool {
+        self.header("content-type") == Some("application/problem+json")
+            && self.body["status"] == self.status
+            && self.body["code"].is_string()
+            && self.body["correlation_id"].is_string()
+    }
+
+    pub fn i64(&self, field: &str) -> i64 {
+        self.body[field].as_i64().unwrap_or_else(|| panic!("{field} missing in {}", self.body))
+    }
+
+    pub fn str(&self, field: &str) -> String {
+        self.body[field].as_str().unwrap_or_else(|| panic!("{field} missing in {}", self.body)).to_owned()
+    }
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        let config = ServerConfig { last_used_flush_interval: Duration::from_millis(100), ..ServerConfig::default() };
+        Gateway::start_with(config).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let store =
+            Arc::new(SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store"));
+        let generated = ApiKeys::generate();
+        store.insert_api_key(generated.operator_record(clock.now())).await.expect("operator key");
+        let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(licenseseal_server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
+        Gateway { base, operator_key: generated.secret, http, clock, store, dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server");
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn advance(&self, seconds: i64) {
+        self.clock.advance_seconds(seconds);
+    }
+
+    /// Sends a request; `idem` sets `Idempotency-Key`, `body` is sent as JSON.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        idem: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(idem) = idem {
+            req = req.header("idempotency-key", idem);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Self::reply(req.send().await.expect("request")).await
+    }
+
+    pub async fn reply(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Reply { status, headers, body }
+    }
+
+    pub async fn post(&self, path: &str, key: &str, idem: Option<&str>, body: Value) -> Reply {
+        self.call("POST", path, Some(key), idem, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Reply {
+        self.call("GET", path, Some(key), None, None).await
+    }
+
+    /// Creates a tenant and a key with scopes `*` for it.
+    pub async fn tenant(&self) -> Tenant {
+        let t = self.post("/v1/tenants", &self.operator_key, None, json!({ "name": "Acme" })).await;
+        assert_eq!(t.status, 201, "{}", t.body);
+        let id = t.str("id");
+        let key = self.key(&self.operator_key, json!({ "tenant_id": id, "name": "all", "scopes": ["*"] })).await;
+        Tenant { id, key }
+    }
+
+    /// Creates an API key and returns its plaintext.
+    pub async fn key(&self, as_key: &str, body: Value) -> String {
+        let k = self.post("/v1/api-keys", as_key, None, body).await;
+        assert_eq!(k.status, 201, "{}", k.body);
+        k.str("key")
+    }
+
+    pub async fn grant(&self, key: &str, idem: &str, subject: &str, amount: i64) -> Reply {
+        self.post("/v1/grants", key, Some(idem), json!({ "subject": subject, "amount": amount })).await
+    }
+
+    pub async fn debit(&self, key: &str, idem: &str, subject: &str, amount: i64) -> Reply {
+        self.post("/v1/debits", key, Some(idem), json!({ "subject": subject, "amount": amount })).await
+    }
+
+    pub async fn account(&self, key: &str, subject: &str) -> Reply {
+        self.get(&format!("/v1/accounts/{subject}"), key).await
+    }
+
+    /// Every event visible to `key` matching `query`, following cursors.
+    pub async fn all_events(&self, key: &str, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/events?limit=1000&{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.get(&path, key).await;
+            assert_eq!(page.status, 200, "{}", page.body);
+            out.extend(page.body["data"].as_array().expect("data").iter().cloned());
+            match page.body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Asserts balance = Σ deltas of the subject's events and returns the balance.
+    pub async fn assert_balance_is_sum_of_deltas(&self, key: &str, subject: &str) -> i64 {
+        let events = self.all_events(key, &format!("subject={subject}")).await;
+        let sum: i64 = events.iter().map(|e| e["delta"].as_i64().expect("delta")).sum();
+        let account = self.account(key, subject).await;
+        let balance = if account.status == 404 { 0 } else { account.i64("balance") };
+        assert_eq!(balance, sum, "balance of {subject} must equal the sum of its event deltas");
+        if let Some(last) = events.last() {
+            assert_eq!(last["balance_after"].as_i64(), Some(balance));
+        }
+        balance
+    }
+}
