@@ -1,0 +1,369 @@
+//! The HTTP contract through the real server: authentication and keys, tenant isolation,
+//! bad input (always a problem response, never a write), pagination and correlation ids.
+
+mod common;
+
+use common::{Gateway, Reply};
+use serde_json::{json, Value};
+
+/// A 401 body with the correlation id removed: it must be the same for every failure.
+fn anonymised(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(reply.is_problem());
+    let mut body = reply.body.clone();
+    body.as_object_mut().unwrap().remove("correlation_id");
+    body
+}
+
+#[tokio::test]
+async fn every_authentication_failure_gets_the_same_401() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let revoked = gw.key(&t.key, json!({ "name": "r", "scopes": ["*"] })).await;
+    let list = gw.get("/v1/api-keys", &t.key).await;
+    let revoked_id = list.body["data"].as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.post(&format!("/v1/api-keys/{revoked_id}/revoke"), &t.key, None, json!({})).await.status, 200);
+    let expiring = gw
+        .key(&t.key, json!({ "name": "e", "scopes": ["*"], "expires_at": gw.now().plus_seconds(5).to_rfc3339() }))
+        .await;
+    gw.advance(6);
+    let body = json!({ "subject": "a", "amount": 1 });
+    let mut bodies = Vec::new();
+    let too_long = format!("lsk_{}", "x".repeat(300));
+    for key in ["lsk_unknownunknownunknownunknownunkn", "not-a-key", "", &revoked, &expiring, &too_long] {
+        let r = gw.post("/v1/debits", key, Some("k"), body.clone()).await;
+        assert!(r.header("www-authenticate").is_some());
+        bodies.push(anonymised(&r));
+    }
+    bodies.push(anonymised(&gw.call("POST", "/v1/debits", None, Some("k"), Some(body.clone())).await));
+    let two = gw
+        .http
+        .post(format!("{}/v1/debits", gw.base))
+        .header("authorization", format!("Bearer {}", t.key))
+        .header("authorization", format!("Bearer {}", t.key))
+        .header("idempotency-key", "k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    bodies.push(anonymised(&Gateway::reply(two).await));
+    let basic = gw
+        .http
+        .get(format!("{}/v1/events", gw.base))
+        .header("authorization", format!("Basic {}", t.key))
+        .send()
+        .await
+        .unwrap();
+    bodies.push(anonymised(&Gateway::reply(basic).await));
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "401 bodies differ: {bodies:#?}");
+    let text = serde_json::to_string(&bodies).unwrap();
+    assert!(!text.contains(&revoked) && !text.contains("lsk_unknown") && !text.contains("revoked"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn missing_scope_is_403_and_scopes_map_to_intents() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let debit_only = gw.key(&t.key, json!({ "name": "d", "scopes": ["usage.debit"] })).await;
+    gw.grant(&t.key, "g", "alice", 10).await;
+    assert_eq!(gw.debit(&debit_only, "d", "alice", 1).await.status, 201);
+    for (path, body) in [
+        ("/v1/grants", json!({ "subject": "alice", "amount": 1 })),
+        ("/v1/adjustments", json!({ "subject": "alice", "amount": 1, "reason": "x" })),
+        ("/v1/api-keys", json!({ "name": "x", "scopes": ["*"] })),
+        ("/v1/tenants", json!({ "name": "x" })),
+    ] {
+        let r = gw.post(path, &debit_only, Some("x"), body).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert!(r.is_problem());
+    }
+    assert_eq!(gw.get("/v1/events", &debit_only).await.status, 403);
+    // Tenant keys with every scope still cannot create tenants.
+    assert_eq!(gw.post("/v1/tenants", &t.key, None, json!({ "name": "x" })).await.status, 403);
+    // A key cannot mint a wider key.
+    let r = gw.post("/v1/api-keys", &gw.key(&t.key, json!({"name": "k", "scopes": ["keys.manage"]})).await, None, json!({ "name": "w", "scopes": ["*"] })).await;
+    assert_eq!(r.status, 403);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_subject_bound_key_acts_for_its_subject_only() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let bound = gw.key(&t.key, json!({ "name": "b", "scopes": ["usage.debit", "ledger.read"], "subject": "alice" })).await;
+    gw.grant(&t.key, "g1", "alice", 10).await;
+    let bob = gw.grant(&t.key, "g2", "bob", 10).await;
+    let own = gw.post("/v1/debits", &bound, Some("d1"), json!({ "amount": 1 })).await;
+    assert_eq!((own.status, own.str("subject")), (201, "alice".to_owned()));
+    assert_eq!(gw.debit(&bound, "d2", "bob", 1).await.status, 403);
+    assert_eq!(gw.account(&bound, "bob").await.status, 404);
+    assert_eq!(gw.get(&format!("/v1/events/{}", bob.str("event_id")), &bound).await.status, 404);
+    let events = gw.all_events(&bound, "").await;
+    assert!(events.iter().all(|e| e["subject"] == "alice"));
+    assert_eq!(gw.account(&t.key, "bob").await.i64("balance"), 10);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let gw = Gateway::start().await;
+    let a = gw.tenant().await;
+    let b = gw.tenant().await;
+    let grant = gw.grant(&a.key, "g", "alice", 100).await;
+    let debit = gw.debit(&a.key, "d", "alice", 10).await;
+    assert_eq!(gw.get(&format!("/v1/events/{}", grant.str("event_id")), &b.key).await.status, 404);
+    assert_eq!(gw.account(&b.key, "alice").await.status, 404);
+    assert!(gw.all_events(&b.key, "").await.is_empty());
+    let refund = gw.post("/v1/refunds", &b.key, Some("r"), json!({ "refund_of": debit.str("event_id") })).await;
+    assert_eq!((refund.status, refund.body["code"].as_str()), (404, Some("event_not_found")));
+    // Naming another tenant is "not found", too.
+    let r = gw.post("/v1/grants", &b.key, Some("x"), json!({ "tenant_id": a.id, "subject": "alice", "amount": 5 })).await;
+    assert_eq!(r.status, 404);
+    // The same idempotency key in two tenants names two attempts.
+    assert_eq!(gw.grant(&b.key, "g", "alice", 7).await.i64("balance"), 7);
+    assert_eq!(gw.account(&a.key, "alice").await.i64("balance"), 90);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn operators_act_on_a_tenant_by_naming_it() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let op = gw.operator_key.clone();
+    let r = gw.post("/v1/grants", &op, Some("g"), json!({ "tenant_id": t.id, "subject": "alice", "amount": 5 })).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = gw.post("/v1/grants", &op, Some("g2"), json!({ "subject": "alice", "amount": 5 })).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("tenant_id_required")));
+    let r = gw
+        .post("/v1/grants", &op, Some("g3"), json!({ "tenant_id": "ten_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa", "subject": "a", "amount": 5 }))
+        .await;
+    assert_eq!(r.status, 404);
+    let acct = gw.get(&format!("/v1/accounts/alice?tenant_id={}", t.id), &op).await;
+    assert_eq!(acct.i64("balance"), 5);
+    assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 5);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_rotated_with_grace_and_revoked() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let created = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "svc", "scopes": ["ledger.read"] })).await;
+    let (id, old) = (created.str("id"), created.str("key"));
+    assert!(old.starts_with("lsk_") && old.starts_with(&created.str("prefix")));
+    let listed = gw.get("/v1/api-keys", &t.key).await;
+    let text = listed.body.to_string();
+    assert!(!text.contains(&old) && !text.contains(&t.key) && !text.contains("hash"), "{text}");
+    assert!(listed.body["data"].as_array().unwrap().iter().any(|k| k["id"] == id.as_str()));
+
+    let rotated = gw.post(&format!("/v1/api-keys/{id}/rotate"), &t.key, None, json!({ "grace_seconds": 60 })).await;
+    assert_eq!(rotated.status, 201, "{}", rotated.body);
+    let new = rotated.str("key");
+    assert_eq!(rotated.str("rotated_from"), id);
+    assert_eq!(gw.get("/v1/events", &old).await.status, 200, "old key works during the grace period");
+    assert_eq!(gw.get("/v1/events", &new).await.status, 200);
+    gw.advance(61);
+    assert_eq!(gw.get("/v1/events", &old).await.status, 401, "old key stops after the grace period");
+    assert_eq!(gw.get("/v1/events", &new).await.status, 200);
+
+    let new_id = rotated.str("id");
+    let revoked = gw.post(&format!("/v1/api-keys/{new_id}/revoke"), &t.key, None, json!({})).await;
+    assert_eq!(revoked.status, 200);
+    assert!(revoked.body["revoked_at"].is_string());
+    assert_eq!(gw.get("/v1/events", &new).await.status, 401);
+    // Rotation with no grace ends the old key at once; a body is optional.
+    let k = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "x", "scopes": ["ledger.read"] })).await;
+    let r = gw.call("POST", &format!("/v1/api-keys/{}/rotate", k.str("id")), Some(&t.key), None, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(gw.get("/v1/events", &k.str("key")).await.status, 401);
+    // Another tenant cannot see or touch the key.
+    let other = gw.tenant().await;
+    assert_eq!(gw.post(&format!("/v1/api-keys/{}/revoke", r.str("id")), &other.key, None, json!({})).await.status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn last_used_time_is_recorded_without_a_write_per_request() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let k = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "svc", "scopes": ["ledger.read"] })).await;
+    for _ in 0..20 {
+        assert_eq!(gw.get("/v1/events", &k.str("key")).await.status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let list = gw.get("/v1/api-keys", &t.key).await;
+    let entry = list.body["data"].as_array().unwrap().iter().find(|e| e["id"] == k.str("id").as_str()).unwrap().clone();
+    assert!(entry["last_used_at"].is_string(), "{entry}");
+    gw.stop().await;
+}
+
+/// Requests that must be refused with a problem response and write nothing.
+#[tokio::test]
+async fn bad_input_is_a_clear_problem_and_writes_nothing() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let long_subject = "a".repeat(129);
+    let long_key = "k".repeat(256);
+    let huge = format!("{{\"subject\":\"alice\",\"amount\":1,\"metadata\":{{\"x\":\"{}\"}}}}", "y".repeat(70_000));
+    let cases: Vec<(&str, &str, Option<&str>, String, u16)> = vec![
+        ("malformed json", "application/json", Some("k"), "{\"subject\":".into(), 400),
+        ("unknown field", "application/json", Some("k"), r#"{"subject":"alice","amount":1,"amout":2}"#.into(), 400),
+        ("wrong type", "application/json", Some("k"), r#"{"subject":5,"amount":1}"#.into(), 400),
+        ("float", "application/json", Some("k"), r#"{"subject":"alice","amount":1.5}"#.into(), 400),
+        ("float with zero fraction", "application/json", Some("k"), r#"{"subject":"alice","amount":1.0}"#.into(), 400),
+        ("exponent", "application/json", Some("k"), r#"{"subject":"alice","amount":1e2}"#.into(), 400),
+        ("zero", "application/json", Some("k"), r#"{"subject":"alice","amount":0}"#.into(), 400),
+        ("negative", "application/json", Some("k"), r#"{"subject":"alice","amount":-5}"#.into(), 400),
+        ("beyond 2^53-1", "application/json", Some("k"), r#"{"subject":"alice","amount":9007199254740992}"#.into(), 400),
+        ("beyond u64", "application/json", Some("k"), r#"{"subject":"alice","amount":99999999999999999999999}"#.into(), 400),
+        ("string amount", "application/json", Some("k"), r#"{"subject":"alice","amount":"10"}"#.into(), 400),
+        ("null amount", "application/json", Some("k"), r#"{"subject":"alice","amount":null}"#.into(), 400),
+        ("missing amount", "application/json", Some("k"), r#"{"subject":"alice"}"#.into(), 400),
+        ("over-long subject", "application/json", Some("k"), format!(r#"{{"subject":"{long_subject}","amount":1}}"#), 400),
+        ("ill-formed subject", "application/json", Some("k"), r#"{"subject":"al ice/..","amount":1}"#.into(), 400),
+        ("empty subject", "application/json", Some("k"), r#"{"subject":"","amount":1}"#.into(), 400),
+        ("metadata not an object", "application/json", Some("k"), r#"{"subject":"a","amount":1,"metadata":[1]}"#.into(), 400),
+        ("body over 64 KiB", "application/json", Some("k"), huge, 400),
+        ("array body", "application/json", Some("k"), "[]".into(), 400),
+        ("empty body", "application/json", Some("k"), String::new(), 400),
+        ("text/plain", "text/plain", Some("k"), r#"{"subject":"alice","amount":1}"#.into(), 415),
+        ("no content type", "", Some("k"), r#"{"subject":"alice","amount":1}"#.into(), 415),
+        ("missing idempotency key", "application/json", None, r#"{"subject":"alice","amount":1}"#.into(), 400),
+        ("over-long idempotency key", "application/json", Some(&long_key), r#"{"subject":"alice","amount":1}"#.into(), 400),
+    ];
+    for (name, content_type, idem, body, status) in cases {
+        let mut req = gw.http.post(format!("{}/v1/debits", gw.base)).bearer_auth(&t.key).body(body);
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        if let Some(idem) = idem {
+            req = req.header("idempotency-key", idem);
+        }
+        let reply = Gateway::reply(req.send().await.unwrap()).await;
+        assert_eq!(reply.status, status, "{name}: {}", reply.body);
+        assert!(reply.is_problem(), "{name}: not a problem response: {:?} {}", reply.headers, reply.body);
+        assert!(!reply.body["detail"].as_str().unwrap().is_empty(), "{name}");
+    }
+    let bad_idem = gw
+        .http
+        .post(format!("{}/v1/debits", gw.base))
+        .bearer_auth(&t.key)
+        .header("idempotency-key", "tab\tkey")
+        .json(&json!({"subject": "alice", "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_idem.status(), 400);
+    assert!(gw.all_events(&t.key, "").await.is_empty(), "bad input must write nothing");
+    // The key "k" was never consumed: the first valid request with it is fresh.
+    gw.grant(&t.key, "g", "alice", 5).await;
+    let ok = gw.debit(&t.key, "k", "alice", 1).await;
+    assert_eq!((ok.status, ok.replayed()), (201, false));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_paths_queries_and_cursors_are_problems() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let other = gw.tenant().await;
+    for i in 0..5 {
+        gw.grant(&t.key, &format!("g{i}"), "alice", 1).await;
+        gw.grant(&other.key, &format!("g{i}"), "alice", 1).await;
+    }
+    let page = gw.get("/v1/events?limit=2", &t.key).await;
+    let cursor = page.str("next_cursor");
+    assert_eq!(gw.get(&format!("/v1/events?limit=2&cursor={cursor}"), &t.key).await.status, 200);
+    for path in [
+        format!("/v1/events?limit=2&cursor={cursor}x"),
+        "/v1/events?cursor=AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+        "/v1/events?cursor=%%%".to_owned(),
+        format!("/v1/events?limit=2&subject=bob&cursor={cursor}"),
+        "/v1/events?limit=0".to_owned(),
+        "/v1/events?limit=100000".to_owned(),
+        "/v1/events?kind=teleport".to_owned(),
+        "/v1/events?from=yesterday".to_owned(),
+        "/v1/events?colour=blue".to_owned(),
+        "/v1/accounts/bad%20subject".to_owned(),
+        "/v1/accounts/alice?as_of=noon".to_owned(),
+    ] {
+        let r = gw.get(&path, &t.key).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.is_problem(), "{path}");
+    }
+    // A cursor issued to one tenant is refused for another.
+    let foreign = gw.get(&format!("/v1/events?limit=2&cursor={cursor}"), &other.key).await;
+    assert_eq!((foreign.status, foreign.body["code"].as_str()), (400, Some("invalid_cursor")));
+    assert_eq!(gw.get("/v1/events/evt_nope", &t.key).await.status, 404);
+    let unknown = gw.get("/v1/nothing-here", &t.key).await;
+    assert_eq!((unknown.status, unknown.is_problem()), (404, true));
+    let method = gw.call("DELETE", "/v1/debits", Some(&t.key), None, None).await;
+    assert_eq!((method.status, method.is_problem()), (405, true));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pagination_walks_every_event_once_in_order() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    for i in 0..25 {
+        gw.grant(&t.key, &format!("g{i}"), if i % 2 == 0 { "even" } else { "odd" }, i + 1).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/events?limit=4&subject=even".to_owned();
+    loop {
+        let page = gw.get(&path, &t.key).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        seen.extend(page.body["data"].as_array().unwrap().iter().map(|e| e["amount"].as_i64().unwrap()));
+        match page.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/events?limit=4&subject=even&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).filter(|i| i % 2 == 0).map(|i| i + 1).collect::<Vec<_>>());
+    let grants = gw.all_events(&t.key, "kind=grant").await;
+    assert_eq!(grants.len(), 25);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn correlation_ids_are_honoured_echoed_and_recorded() {
+    let gw = Gateway::start().await;
+    let t = gw.tenant().await;
+    let r = gw
+        .http
+        .post(format!("{}/v1/grants", gw.base))
+        .bearer_auth(&t.key)
+        .header("idempotency-key", "g")
+        .header("x-request-id", "support-ticket-42")
+        .json(&json!({ "subject": "alice", "amount": 5 }))
+        .send()
+        .await
+        .unwrap();
+    let r = Gateway::reply(r).await;
+    assert_eq!(r.header("x-request-id"), Some("support-ticket-42"));
+    assert_eq!(r.str("correlation_id"), "support-ticket-42");
+    let event = gw.get(&format!("/v1/events/{}", r.str("event_id")), &t.key).await;
+    assert_eq!(event.str("correlation_id"), "support-ticket-42");
+    let tp = gw
+        .http
+        .get(format!("{}/v1/nothing", gw.base))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
+    let tp = Gateway::reply(tp).await;
+    assert_eq!(tp.str("correlation_id"), "4bf92f3577b34da6a3ce929d0e0e4736");
+    let generated = gw.call("GET", "/healthz", None, None, None).await;
+    assert!(generated.header("x-request-id").is_some());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let gw = Gateway::start().await;
+    assert_eq!(gw.call("GET", "/healthz", None, None, None).await.status, 200);
+    assert_eq!(gw.call("GET", "/readyz", None, None, None).await.body["status"], "ready");
+    gw.stop().await;
+}
