@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("LICENSESEAL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -49,6 +49,22 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
         }
     })
+}
+
+/// Writes log lines to stderr and never fails: a closed stderr must not take the gateway down
+/// (the logging library reports a failed write on stderr itself, which would panic).
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 fn open_store(data_dir: &Path, config: SqliteConfig) -> anyhow::Result<Arc<SqliteStore>> {
