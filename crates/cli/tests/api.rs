@@ -82,7 +82,14 @@ async fn missing_scope_is_403_and_scopes_map_to_intents() {
     // Tenant keys with every scope still cannot create tenants.
     assert_eq!(gw.post("/v1/tenants", &t.key, None, json!({ "name": "x" })).await.status, 403);
     // A key cannot mint a wider key.
-    let r = gw.post("/v1/api-keys", &gw.key(&t.key, json!({"name": "k", "scopes": ["keys.manage"]})).await, None, json!({ "name": "w", "scopes": ["*"] })).await;
+    let r = gw
+        .post(
+            "/v1/api-keys",
+            &gw.key(&t.key, json!({"name": "k", "scopes": ["keys.manage"]})).await,
+            None,
+            json!({ "name": "w", "scopes": ["*"] }),
+        )
+        .await;
     assert_eq!(r.status, 403);
     gw.stop().await;
 }
@@ -91,7 +98,8 @@ async fn missing_scope_is_403_and_scopes_map_to_intents() {
 async fn a_subject_bound_key_acts_for_its_subject_only() {
     let gw = Gateway::start().await;
     let t = gw.tenant().await;
-    let bound = gw.key(&t.key, json!({ "name": "b", "scopes": ["usage.debit", "ledger.read"], "subject": "alice" })).await;
+    let bound =
+        gw.key(&t.key, json!({ "name": "b", "scopes": ["usage.debit", "ledger.read"], "subject": "alice" })).await;
     gw.grant(&t.key, "g1", "alice", 10).await;
     let bob = gw.grant(&t.key, "g2", "bob", 10).await;
     let own = gw.post("/v1/debits", &bound, Some("d1"), json!({ "amount": 1 })).await;
@@ -118,7 +126,8 @@ async fn tenants_never_see_each_other() {
     let refund = gw.post("/v1/refunds", &b.key, Some("r"), json!({ "refund_of": debit.str("event_id") })).await;
     assert_eq!((refund.status, refund.body["code"].as_str()), (404, Some("event_not_found")));
     // Naming another tenant is "not found", too.
-    let r = gw.post("/v1/grants", &b.key, Some("x"), json!({ "tenant_id": a.id, "subject": "alice", "amount": 5 })).await;
+    let r =
+        gw.post("/v1/grants", &b.key, Some("x"), json!({ "tenant_id": a.id, "subject": "alice", "amount": 5 })).await;
     assert_eq!(r.status, 404);
     // The same idempotency key in two tenants names two attempts.
     assert_eq!(gw.grant(&b.key, "g", "alice", 7).await.i64("balance"), 7);
@@ -136,7 +145,12 @@ async fn operators_act_on_a_tenant_by_naming_it() {
     let r = gw.post("/v1/grants", &op, Some("g2"), json!({ "subject": "alice", "amount": 5 })).await;
     assert_eq!((r.status, r.body["code"].as_str()), (400, Some("tenant_id_required")));
     let r = gw
-        .post("/v1/grants", &op, Some("g3"), json!({ "tenant_id": "ten_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa", "subject": "a", "amount": 5 }))
+        .post(
+            "/v1/grants",
+            &op,
+            Some("g3"),
+            json!({ "tenant_id": "ten_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa", "subject": "a", "amount": 5 }),
+        )
         .await;
     assert_eq!(r.status, 404);
     let acct = gw.get(&format!("/v1/accounts/alice?tenant_id={}", t.id), &op).await;
@@ -215,22 +229,52 @@ async fn bad_input_is_a_clear_problem_and_writes_nothing() {
         ("exponent", "application/json", Some("k"), r#"{"subject":"alice","amount":1e2}"#.into(), 400),
         ("zero", "application/json", Some("k"), r#"{"subject":"alice","amount":0}"#.into(), 400),
         ("negative", "application/json", Some("k"), r#"{"subject":"alice","amount":-5}"#.into(), 400),
-        ("beyond 2^53-1", "application/json", Some("k"), r#"{"subject":"alice","amount":9007199254740992}"#.into(), 400),
-        ("beyond u64", "application/json", Some("k"), r#"{"subject":"alice","amount":99999999999999999999999}"#.into(), 400),
+        (
+            "beyond 2^53-1",
+            "application/json",
+            Some("k"),
+            r#"{"subject":"alice","amount":9007199254740992}"#.into(),
+            400,
+        ),
+        (
+            "beyond u64",
+            "application/json",
+            Some("k"),
+            r#"{"subject":"alice","amount":99999999999999999999999}"#.into(),
+            400,
+        ),
         ("string amount", "application/json", Some("k"), r#"{"subject":"alice","amount":"10"}"#.into(), 400),
         ("null amount", "application/json", Some("k"), r#"{"subject":"alice","amount":null}"#.into(), 400),
         ("missing amount", "application/json", Some("k"), r#"{"subject":"alice"}"#.into(), 400),
-        ("over-long subject", "application/json", Some("k"), format!(r#"{{"subject":"{long_subject}","amount":1}}"#), 400),
+        (
+            "over-long subject",
+            "application/json",
+            Some("k"),
+            format!(r#"{{"subject":"{long_subject}","amount":1}}"#),
+            400,
+        ),
         ("ill-formed subject", "application/json", Some("k"), r#"{"subject":"al ice/..","amount":1}"#.into(), 400),
         ("empty subject", "application/json", Some("k"), r#"{"subject":"","amount":1}"#.into(), 400),
-        ("metadata not an object", "application/json", Some("k"), r#"{"subject":"a","amount":1,"metadata":[1]}"#.into(), 400),
+        (
+            "metadata not an object",
+            "application/json",
+            Some("k"),
+            r#"{"subject":"a","amount":1,"metadata":[1]}"#.into(),
+            400,
+        ),
         ("body over 64 KiB", "application/json", Some("k"), huge, 400),
         ("array body", "application/json", Some("k"), "[]".into(), 400),
         ("empty body", "application/json", Some("k"), String::new(), 400),
         ("text/plain", "text/plain", Some("k"), r#"{"subject":"alice","amount":1}"#.into(), 415),
         ("no content type", "", Some("k"), r#"{"subject":"alice","amount":1}"#.into(), 415),
         ("missing idempotency key", "application/json", None, r#"{"subject":"alice","amount":1}"#.into(), 400),
-        ("over-long idempotency key", "application/json", Some(&long_key), r#"{"subject":"alice","amount":1}"#.into(), 400),
+        (
+            "over-long idempotency key",
+            "application/json",
+            Some(&long_key),
+            r#"{"subject":"alice","amount":1}"#.into(),
+            400,
+        ),
     ];
     for (name, content_type, idem, body, status) in cases {
         let mut req = gw.http.post(format!("{}/v1/debits", gw.base)).bearer_auth(&t.key).body(body);

@@ -153,7 +153,8 @@ async fn mixed_load_across_many_subjects_never_fails_or_deadlocks() {
     }
     let refunds = gw.all_events(&t.key, "kind=refund").await;
     for id in &debit_ids {
-        let refunded: i64 = refunds.iter().filter(|e| e["refund_of"] == id.as_str()).map(|e| e["amount"].as_i64().unwrap()).sum();
+        let refunded: i64 =
+            refunds.iter().filter(|e| e["refund_of"] == id.as_str()).map(|e| e["amount"].as_i64().unwrap()).sum();
         assert!(refunded <= 20, "refunds of {id} exceed the debit: {refunded}");
     }
 }

@@ -64,7 +64,14 @@ fn read_available_line(stdout: std::process::ChildStdout) -> Option<String> {
     Some(value["operator_key"].as_str().expect("operator_key").to_owned())
 }
 
-fn post(client: &reqwest::blocking::Client, base: &str, path: &str, key: &str, idem: Option<&str>, body: Value) -> (u16, Value) {
+fn post(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    path: &str,
+    key: &str,
+    idem: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
     let mut req = client.post(format!("{base}{path}")).bearer_auth(key).json(&body);
     if let Some(idem) = idem {
         req = req.header("idempotency-key", idem);
@@ -155,14 +162,22 @@ fn kill_9_during_debits_loses_nothing_acknowledged() {
     let key = tenant(&client, &served.base, &operator);
     let subjects: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
     for s in &subjects {
-        let (status, _) = post(&client, &served.base, "/v1/grants", &key, Some(&format!("g-{s}")), json!({"subject": s, "amount": 1_000_000}));
+        let (status, _) = post(
+            &client,
+            &served.base,
+            "/v1/grants",
+            &key,
+            Some(&format!("g-{s}")),
+            json!({"subject": s, "amount": 1_000_000}),
+        );
         assert_eq!(status, 201);
     }
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop_at = Instant::now() + Duration::from_millis(800);
     let workers: Vec<_> = (0..16)
         .map(|w| {
-            let (base, key, acked, subject) = (served.base.clone(), key.clone(), acknowledged.clone(), subjects[w % 8].clone());
+            let (base, key, acked, subject) =
+                (served.base.clone(), key.clone(), acknowledged.clone(), subjects[w % 8].clone());
             std::thread::spawn(move || {
                 let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 for i in 0.. {

@@ -104,7 +104,7 @@ pub fn decide(
             );
             let applied =
                 Applied { event: events[0].clone(), balance: next.balance, available: next.available(ctx.now) };
-            Decision { state: next, events, outcome: Outcome::Applied(applied) }
+            Decision { state: next, events, outcome: Outcome::Applied(Box::new(applied)) }
         }
         Err(refused) => {
             let refused = Refusal { correlation_id: ctx.correlation_id.to_owned(), ..refused };

@@ -30,8 +30,9 @@ pub use time::Timestamp;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    /// The command was applied; `event` is its main event.
-    Applied(Applied),
+    /// The command was applied; `event` is its main event. Boxed: an event is far larger
+    /// than a refusal.
+    Applied(Box<Applied>),
     /// The ledger refused the command; nothing but this outcome was written.
     Refused(Refusal),
 }

@@ -28,13 +28,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use licenseseal_ledger::{
-    AccountKey, Amount, Command, CommandKind, CreditType, EventId, EventKind, Fingerprint,
-    IdempotencyKey, Outcome, RefusalCode, SignedAmount, SubjectId, TenantId, Timestamp,
+    AccountKey, Amount, Command, CommandKind, CreditType, EventId, EventKind, Fingerprint, IdempotencyKey, Outcome,
+    RefusalCode, SignedAmount, SubjectId, TenantId, Timestamp,
 };
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
-use licenseseal_store::{
-    Clock, EventFilter, Execution, LedgerStore, ManualClock, Page, PolicyChange, StoreError,
-};
+use licenseseal_store::{Clock, EventFilter, Execution, LedgerStore, ManualClock, Page, PolicyChange, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -83,6 +81,9 @@ enum Op {
         subject: usize,
         overdraft_limit: u64,
     },
+    /// Shuts the store down and opens it again on the same directory: everything must have
+    /// been persisted, not just cached.
+    Reopen,
     /// Re-sends the `pick % n`-th ledger command sent so far (skipped when there is none):
     /// with the same request, or with the same key and a different request.
     Retry {
@@ -95,12 +96,7 @@ impl fmt::Debug for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let amount = |a: &Option<u64>| a.map_or("rest".to_owned(), |a| a.to_string());
         match self {
-            Op::Grant {
-                subject,
-                amount,
-                priority,
-                expires_in_s,
-            } => {
+            Op::Grant { subject, amount, priority, expires_in_s } => {
                 write!(f, "grant(s{subject}, {amount}, prio {priority}")?;
                 match expires_in_s {
                     Some(s) => write!(f, ", expires +{s}s)"),
@@ -115,16 +111,10 @@ impl fmt::Debug for Op {
             Op::RefundGrant { pick } => write!(f, "refund(grant #{pick} mod n)"),
             Op::Adjust { subject, amount } => write!(f, "adjust(s{subject}, {amount:+})"),
             Op::Advance { seconds } => write!(f, "advance({seconds}s)"),
-            Op::Policy {
-                subject,
-                overdraft_limit,
-            } => write!(f, "policy(s{subject}, overdraft {overdraft_limit})"),
+            Op::Policy { subject, overdraft_limit } => write!(f, "policy(s{subject}, overdraft {overdraft_limit})"),
+            Op::Reopen => write!(f, "reopen"),
             Op::Retry { pick, same_request } => {
-                let how = if *same_request {
-                    "same request"
-                } else {
-                    "different request"
-                };
+                let how = if *same_request { "same request" } else { "different request" };
                 write!(f, "retry(command #{pick} mod n, {how})")
             }
         }
@@ -142,18 +132,21 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 expires_in_s,
             }
         ),
-        4 => (0..SUBJECTS, 1..1500u64).prop_map(|(subject, amount)| Op::Debit { subject, amount }),
-        3 => (0..64usize, refund_amount.clone())
+        // Mostly small debits so that many are applied; some large enough to overdraw.
+        5 => (0..SUBJECTS, prop_oneof![3 => 1..300u64, 1 => 1..1500u64])
+            .prop_map(|(subject, amount)| Op::Debit { subject, amount }),
+        4 => (0..64usize, refund_amount.clone())
             .prop_map(|(pick, amount)| Op::Refund { pick, amount }),
         1 => refund_amount.prop_map(|amount| Op::RefundUnknown { amount }),
         1 => (0..64usize).prop_map(|pick| Op::RefundGrant { pick }),
         2 => (0..SUBJECTS, (-500..=500i64).prop_filter("non-zero", |a| *a != 0))
             .prop_map(|(subject, amount)| Op::Adjust { subject, amount }),
         2 => (1..=10i64).prop_map(|seconds| Op::Advance { seconds }),
-        1 => (0..SUBJECTS, 0..=500u64).prop_map(|(subject, overdraft_limit)| Op::Policy {
+        2 => (0..SUBJECTS, 0..=500u64).prop_map(|(subject, overdraft_limit)| Op::Policy {
             subject,
             overdraft_limit,
         }),
+        1 => Just(Op::Reopen),
         2 => (0..64usize, any::<bool>())
             .prop_map(|(pick, same_request)| Op::Retry { pick, same_request }),
     ]
@@ -182,12 +175,7 @@ impl MLot {
 
     /// Priority, then earliest expiry (never-expiring last), then oldest, then id.
     fn burn_key(&self) -> (i32, i64, i64, String) {
-        (
-            self.priority,
-            self.expires_at.unwrap_or(i64::MAX),
-            self.created_at,
-            self.id.clone(),
-        )
+        (self.priority, self.expires_at.unwrap_or(i64::MAX), self.created_at, self.id.clone())
     }
 }
 
@@ -218,11 +206,7 @@ impl MAccount {
     }
 
     fn expired_pending(&self, now: i64) -> i64 {
-        self.lots
-            .iter()
-            .filter(|l| l.expired(now))
-            .map(|l| l.remaining as i64)
-            .sum()
+        self.lots.iter().filter(|l| l.expired(now)).map(|l| l.remaining as i64).sum()
     }
 
     fn available(&self, now: i64) -> i64 {
@@ -231,11 +215,7 @@ impl MAccount {
 
     /// Expires every expired lot with credit left, in burn order.
     fn sweep(&mut self, now: i64) {
-        let mut expired: Vec<&mut MLot> = self
-            .lots
-            .iter_mut()
-            .filter(|l| l.remaining > 0 && l.expired(now))
-            .collect();
+        let mut expired: Vec<&mut MLot> = self.lots.iter_mut().filter(|l| l.remaining > 0 && l.expired(now)).collect();
         expired.sort_by_key(|l| l.burn_key());
         for lot in expired {
             let amount = std::mem::take(&mut lot.remaining);
@@ -253,11 +233,7 @@ impl MAccount {
     /// Takes `amount` from unexpired lots in burn order, the rest from the overdraft.
     /// Does not touch the balance.
     fn burn(&mut self, now: i64, amount: u64) -> Vec<Alloc> {
-        let mut order: Vec<&mut MLot> = self
-            .lots
-            .iter_mut()
-            .filter(|l| l.remaining > 0 && !l.expired(now))
-            .collect();
+        let mut order: Vec<&mut MLot> = self.lots.iter_mut().filter(|l| l.remaining > 0 && !l.expired(now)).collect();
         order.sort_by_key(|l| l.burn_key());
         let mut left = amount;
         let mut allocations = Vec::new();
@@ -301,15 +277,8 @@ struct MDebit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
-    Applied {
-        main: MEvent,
-        balance: i64,
-        available: i64,
-    },
-    Refused {
-        code: RefusalCode,
-        available: Option<i64>,
-    },
+    Applied { main: MEvent, balance: i64, available: i64 },
+    Refused { code: RefusalCode, available: Option<i64> },
 }
 
 #[derive(Debug, Default)]
@@ -321,11 +290,7 @@ struct Model {
 
 impl Model {
     fn new(now: i64) -> Self {
-        Model {
-            accounts: vec![MAccount::default(); SUBJECTS],
-            debits: Vec::new(),
-            now,
-        }
+        Model { accounts: vec![MAccount::default(); SUBJECTS], debits: Vec::new(), now }
     }
 
     /// Records the main event of an applied operation, sweeps again, and reports it.
@@ -334,39 +299,17 @@ impl Model {
         let acc = &mut self.accounts[subject];
         acc.log.push(main.clone());
         acc.sweep(now);
-        Expect::Applied {
-            main,
-            balance: acc.balance,
-            available: acc.available(now),
-        }
+        Expect::Applied { main, balance: acc.balance, available: acc.available(now) }
     }
 
-    fn grant(
-        &mut self,
-        subject: usize,
-        amount: u64,
-        priority: i32,
-        expires_at: Option<i64>,
-        id: &str,
-    ) -> Expect {
+    fn grant(&mut self, subject: usize, amount: u64, priority: i32, expires_at: Option<i64>, id: &str) -> Expect {
         let now = self.now;
         let acc = &mut self.accounts[subject];
         acc.sweep(now);
-        let lot = MLot {
-            id: id.to_owned(),
-            priority,
-            expires_at,
-            created_at: now,
-            remaining: 0,
-        };
+        let lot = MLot { id: id.to_owned(), priority, expires_at, created_at: now, remaining: 0 };
         let allocations = acc.add_credit(lot, amount);
-        let main = MEvent {
-            kind: EventKind::Grant,
-            amount,
-            delta: amount as i64,
-            balance_after: acc.balance,
-            allocations,
-        };
+        let main =
+            MEvent { kind: EventKind::Grant, amount, delta: amount as i64, balance_after: acc.balance, allocations };
         self.finish(subject, main)
     }
 
@@ -376,10 +319,7 @@ impl Model {
         acc.sweep(now);
         let available = acc.available(now);
         if available - (amount as i64) < -(acc.overdraft_limit as i64) {
-            return Expect::Refused {
-                code: RefusalCode::InsufficientCredits,
-                available: Some(available),
-            };
+            return Expect::Refused { code: RefusalCode::InsufficientCredits, available: Some(available) };
         }
         let allocations = acc.burn(now, amount);
         acc.balance -= amount as i64;
@@ -390,13 +330,7 @@ impl Model {
             balance_after: acc.balance,
             allocations: allocations.clone(),
         };
-        self.debits.push(MDebit {
-            id: id.to_owned(),
-            subject,
-            amount,
-            refunded: 0,
-            allocations,
-        });
+        self.debits.push(MDebit { id: id.to_owned(), subject, amount, refunded: 0, allocations });
         self.finish(subject, main)
     }
 
@@ -409,10 +343,7 @@ impl Model {
         let rest = d.amount - d.refunded;
         let amount = amount.unwrap_or(rest);
         if amount == 0 || amount > rest {
-            return Expect::Refused {
-                code: RefusalCode::RefundExceedsDebit,
-                available: None,
-            };
+            return Expect::Refused { code: RefusalCode::RefundExceedsDebit, available: None };
         }
         // Walk the debit's allocations backwards; earlier refunds took the first units.
         let mut skip = d.refunded;
@@ -474,26 +405,15 @@ impl Model {
         acc.sweep(now);
         let magnitude = delta.unsigned_abs();
         let allocations = if delta > 0 {
-            let lot = MLot {
-                id: id.to_owned(),
-                priority: 0,
-                expires_at: None,
-                created_at: now,
-                remaining: 0,
-            };
+            let lot = MLot { id: id.to_owned(), priority: 0, expires_at: None, created_at: now, remaining: 0 };
             acc.add_credit(lot, magnitude)
         } else {
             let allocations = acc.burn(now, magnitude);
             acc.balance += delta;
             allocations
         };
-        let main = MEvent {
-            kind: EventKind::Adjustment,
-            amount: magnitude,
-            delta,
-            balance_after: acc.balance,
-            allocations,
-        };
+        let main =
+            MEvent { kind: EventKind::Adjustment, amount: magnitude, delta, balance_after: acc.balance, allocations };
         self.finish(subject, main)
     }
 }
@@ -510,7 +430,8 @@ struct Sent {
 }
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    config: SqliteConfig,
     store: SqliteStore,
     clock: Arc<ManualClock>,
     tenant: TenantId,
@@ -536,36 +457,15 @@ fn unknown_event() -> EventId {
 fn canonical(kind: &CommandKind) -> String {
     let opt = |a: &Option<Amount>| a.map_or("-".to_owned(), |a| a.to_string());
     match kind {
-        CommandKind::Grant {
-            subject,
-            credit_type,
-            amount,
-            priority,
-            expires_at,
-            ..
-        } => format!(
+        CommandKind::Grant { subject, credit_type, amount, priority, expires_at, .. } => format!(
             "grant|{subject}|{credit_type}|{amount}|{priority}|{}",
             expires_at.map_or("-".to_owned(), |t| t.to_string())
         ),
-        CommandKind::Debit {
-            subject,
-            credit_type,
-            amount,
-            ..
-        } => format!("debit|{subject}|{credit_type}|{amount}"),
-        CommandKind::Refund {
-            refund_of, amount, ..
-        } => format!("refund|{refund_of}|{}", opt(amount)),
-        CommandKind::Adjust {
-            subject,
-            credit_type,
-            amount,
-            reason,
-            ..
-        } => format!(
-            "adjust|{subject}|{credit_type}|{}|{reason}",
-            amount.get()
-        ),
+        CommandKind::Debit { subject, credit_type, amount, .. } => format!("debit|{subject}|{credit_type}|{amount}"),
+        CommandKind::Refund { refund_of, amount, .. } => format!("refund|{refund_of}|{}", opt(amount)),
+        CommandKind::Adjust { subject, credit_type, amount, reason, .. } => {
+            format!("adjust|{subject}|{credit_type}|{}|{reason}", amount.get())
+        }
     }
 }
 
@@ -588,11 +488,7 @@ fn tweaked(kind: &CommandKind) -> CommandKind {
 }
 
 fn allocations(event: &licenseseal_ledger::Event) -> Vec<Alloc> {
-    event
-        .allocations
-        .iter()
-        .map(|a| (a.lot_id.as_ref().map(|id| id.as_str().to_owned()), a.amount))
-        .collect()
+    event.allocations.iter().map(|a| (a.lot_id.as_ref().map(|id| id.as_str().to_owned()), a.amount)).collect()
 }
 
 fn mevent(event: &licenseseal_ledger::Event) -> MEvent {
@@ -605,31 +501,25 @@ fn mevent(event: &licenseseal_ledger::Event) -> MEvent {
     }
 }
 
-/// Outcomes as a caller sees them: `Event::tenant_id` is never serialised, so a replayed
-/// outcome (read back from its stored JSON) does not carry it. Everything else must match.
-fn visible(outcome: &Outcome) -> Outcome {
-    let mut outcome = outcome.clone();
-    if let Outcome::Applied(applied) = &mut outcome {
-        applied.event.tenant_id = None;
-    }
-    outcome
-}
-
 fn store_err(e: StoreError) -> TestCaseError {
     TestCaseError::fail(format!("store error: {e}"))
 }
 
 impl Harness {
-    fn open() -> Self {
+    /// A fresh store. With `tiny_cache` the writer forgets every account but the last one
+    /// touched, so most operations load their account from the database.
+    fn open(tiny_cache: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(Timestamp::from_micros(START_MICROS)));
         let config = SqliteConfig {
             readers_max: 2,
+            account_cache_max: if tiny_cache { 1 } else { 100_000 },
             ..SqliteConfig::default()
         };
-        let store = SqliteStore::open(dir.path(), clock.clone(), config).expect("open store");
+        let store = SqliteStore::open(dir.path(), clock.clone(), config.clone()).expect("open store");
         Harness {
-            _dir: dir,
+            dir,
+            config,
             store,
             clock,
             tenant: TenantId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0042)),
@@ -641,11 +531,7 @@ impl Harness {
     }
 
     fn key(&self, subject: usize) -> AccountKey {
-        AccountKey {
-            tenant_id: self.tenant.clone(),
-            subject: subject_id(subject),
-            credit_type: CreditType::default(),
-        }
+        AccountKey { tenant_id: self.tenant.clone(), subject: subject_id(subject), credit_type: CreditType::default() }
     }
 
     fn command(&mut self, key: IdempotencyKey, kind: CommandKind) -> (Command, String) {
@@ -674,9 +560,7 @@ impl Harness {
         let outcome = match self.store.execute(command).await.map_err(store_err)? {
             Execution::Fresh(outcome) => outcome,
             other => {
-                return Err(TestCaseError::fail(format!(
-                    "a new idempotency key was not decided fresh: {other:?}"
-                )))
+                return Err(TestCaseError::fail(format!("a new idempotency key was not decided fresh: {other:?}")))
             }
         };
         let id = match &outcome {
@@ -700,14 +584,7 @@ impl Harness {
         correlation_id: &str,
     ) -> Result<(), TestCaseError> {
         match (outcome, expect) {
-            (
-                Outcome::Applied(applied),
-                Expect::Applied {
-                    main,
-                    balance,
-                    available,
-                },
-            ) => {
+            (Outcome::Applied(applied), Expect::Applied { main, balance, available }) => {
                 let event = &applied.event;
                 prop_assert_eq!(&mevent(event), main, "main event of {:?}", kind);
                 prop_assert_eq!(applied.balance, *balance, "balance after {:?}", kind);
@@ -716,12 +593,7 @@ impl Harness {
                 prop_assert_eq!(&event.correlation_id, correlation_id);
                 prop_assert_eq!(event.tenant_id.as_ref(), Some(&self.tenant));
                 match kind {
-                    CommandKind::Grant {
-                        subject,
-                        priority,
-                        expires_at,
-                        ..
-                    } => {
+                    CommandKind::Grant { subject, priority, expires_at, .. } => {
                         prop_assert_eq!(&event.subject, subject);
                         prop_assert_eq!(event.priority, Some(*priority));
                         prop_assert_eq!(event.expires_at, *expires_at);
@@ -732,9 +604,7 @@ impl Harness {
                     CommandKind::Refund { refund_of, .. } => {
                         prop_assert_eq!(event.refund_of.as_ref(), Some(refund_of));
                     }
-                    CommandKind::Adjust {
-                        subject, reason, ..
-                    } => {
+                    CommandKind::Adjust { subject, reason, .. } => {
                         prop_assert_eq!(&event.subject, subject);
                         prop_assert_eq!(event.reason.as_ref(), Some(reason));
                     }
@@ -746,27 +616,26 @@ impl Harness {
                 prop_assert_eq!(&refusal.correlation_id, correlation_id);
             }
             (outcome, expect) => {
-                prop_assert!(
-                    false,
-                    "{:?}\n  store: {:?}\n  model: {:?}",
-                    kind,
-                    outcome,
-                    expect
-                );
+                prop_assert!(false, "{:?}\n  store: {:?}\n  model: {:?}", kind, outcome, expect);
             }
         }
         Ok(())
     }
 
+    async fn refund_unknown(&mut self, a: Option<u64>) -> Result<(), TestCaseError> {
+        let kind = CommandKind::Refund {
+            refund_of: unknown_event(),
+            amount: a.map(amount),
+            bound_subject: None,
+            metadata: None,
+        };
+        self.fresh(kind, |_, _| Expect::Refused { code: RefusalCode::EventNotFound, available: None }).await
+    }
+
     async fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.model.now;
         match *op {
-            Op::Grant {
-                subject,
-                amount: a,
-                priority,
-                expires_in_s,
-            } => {
+            Op::Grant { subject, amount: a, priority, expires_in_s } => {
                 let expires_at = expires_in_s.map(|s| now + s * SECOND);
                 let kind = CommandKind::Grant {
                     subject: subject_id(subject),
@@ -776,8 +645,7 @@ impl Harness {
                     expires_at: expires_at.map(Timestamp::from_micros),
                     metadata: None,
                 };
-                self.fresh(kind, |m, id| m.grant(subject, a, priority, expires_at, id))
-                    .await
+                self.fresh(kind, |m, id| m.grant(subject, a, priority, expires_at, id)).await
             }
             Op::Debit { subject, amount: a } => {
                 let kind = CommandKind::Debit {
@@ -791,7 +659,7 @@ impl Harness {
             Op::Refund { pick, amount: a } => {
                 let n = self.model.debits.len();
                 if n == 0 {
-                    return self.run(&Op::RefundUnknown { amount: a }).await;
+                    return self.refund_unknown(a).await;
                 }
                 let debit = pick % n;
                 let kind = CommandKind::Refund {
@@ -802,19 +670,7 @@ impl Harness {
                 };
                 self.fresh(kind, |m, id| m.refund(debit, a, id)).await
             }
-            Op::RefundUnknown { amount: a } => {
-                let kind = CommandKind::Refund {
-                    refund_of: unknown_event(),
-                    amount: a.map(amount),
-                    bound_subject: None,
-                    metadata: None,
-                };
-                self.fresh(kind, |_, _| Expect::Refused {
-                    code: RefusalCode::EventNotFound,
-                    available: None,
-                })
-                .await
-            }
+            Op::RefundUnknown { amount: a } => self.refund_unknown(a).await,
             Op::RefundGrant { pick } => {
                 if self.grants.is_empty() {
                     return Ok(());
@@ -825,11 +681,7 @@ impl Harness {
                     bound_subject: None,
                     metadata: None,
                 };
-                self.fresh(kind, |_, _| Expect::Refused {
-                    code: RefusalCode::NotADebit,
-                    available: None,
-                })
-                .await
+                self.fresh(kind, |_, _| Expect::Refused { code: RefusalCode::NotADebit, available: None }).await
             }
             Op::Adjust { subject, amount: a } => {
                 let kind = CommandKind::Adjust {
@@ -847,19 +699,9 @@ impl Harness {
                 prop_assert_eq!(self.clock.now().micros(), self.model.now);
                 Ok(())
             }
-            Op::Policy {
-                subject,
-                overdraft_limit,
-            } => {
-                let change = PolicyChange {
-                    overdraft_limit: Some(overdraft_limit),
-                    max_debit_amount: None,
-                };
-                let view = self
-                    .store
-                    .set_policy(self.key(subject), change)
-                    .await
-                    .map_err(store_err)?;
+            Op::Policy { subject, overdraft_limit } => {
+                let change = PolicyChange { overdraft_limit: Some(overdraft_limit), max_debit_amount: None };
+                let view = self.store.set_policy(self.key(subject), change).await.map_err(store_err)?;
                 let acc = &mut self.model.accounts[subject];
                 acc.overdraft_limit = overdraft_limit;
                 // Setting a policy touches no lots: nothing is swept.
@@ -868,36 +710,28 @@ impl Harness {
                 prop_assert_eq!(view.available, acc.available(now), "available in view");
                 Ok(())
             }
+            Op::Reopen => {
+                self.store.shutdown().await;
+                self.store =
+                    SqliteStore::open(self.dir.path(), self.clock.clone(), self.config.clone()).map_err(store_err)?;
+                Ok(())
+            }
             Op::Retry { pick, same_request } => {
                 if self.sent.is_empty() {
                     return Ok(());
                 }
                 let i = pick % self.sent.len();
                 let key = self.sent[i].key.clone();
-                let kind = if same_request {
-                    self.sent[i].kind.clone()
-                } else {
-                    tweaked(&self.sent[i].kind)
-                };
+                let kind = if same_request { self.sent[i].kind.clone() } else { tweaked(&self.sent[i].kind) };
                 let (command, _) = self.command(key, kind);
                 let execution = self.store.execute(command).await.map_err(store_err)?;
                 if same_request {
                     let original = &self.sent[i].outcome;
                     match execution {
                         Execution::Replayed(outcome) => {
-                            prop_assert_eq!(
-                                visible(&outcome),
-                                visible(original),
-                                "replay of command #{}",
-                                i
-                            );
+                            prop_assert_eq!(&outcome, original, "replay of command #{}", i);
                         }
-                        other => prop_assert!(
-                            false,
-                            "retry of command #{} with the same request: {:?}",
-                            i,
-                            other
-                        ),
+                        other => prop_assert!(false, "retry of command #{} with the same request: {:?}", i, other),
                     }
                 } else {
                     prop_assert_eq!(
@@ -919,11 +753,7 @@ impl Harness {
         let mut total_events = 0;
         for subject in 0..SUBJECTS {
             let acc = &self.model.accounts[subject];
-            let view = self
-                .store
-                .account(&self.key(subject), None)
-                .await
-                .map_err(store_err)?;
+            let view = self.store.account(&self.key(subject), None).await.map_err(store_err)?;
             let Some(view) = view else {
                 prop_assert!(
                     acc.log.is_empty() && acc.balance == 0 && acc.overdraft_limit == 0,
@@ -934,18 +764,8 @@ impl Harness {
                 continue;
             };
             prop_assert_eq!(view.balance, acc.balance, "final balance of s{}", subject);
-            prop_assert_eq!(
-                view.available,
-                acc.available(now),
-                "final available of s{}",
-                subject
-            );
-            prop_assert_eq!(
-                view.expired_pending,
-                acc.expired_pending(now),
-                "final expired_pending of s{}",
-                subject
-            );
+            prop_assert_eq!(view.available, acc.available(now), "final available of s{}", subject);
+            prop_assert_eq!(view.expired_pending, acc.expired_pending(now), "final expired_pending of s{}", subject);
             prop_assert_eq!(view.held, 0);
             prop_assert_eq!(view.policy.overdraft_limit, acc.overdraft_limit);
 
@@ -976,19 +796,12 @@ impl Harness {
         Ok(())
     }
 
-    async fn all_events(
-        &self,
-        filter: &EventFilter,
-    ) -> Result<Vec<licenseseal_ledger::Event>, TestCaseError> {
+    async fn all_events(&self, filter: &EventFilter) -> Result<Vec<licenseseal_ledger::Event>, TestCaseError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
             let page = Page { after, limit: 7 };
-            let rows = self
-                .store
-                .events(&self.tenant, filter, page)
-                .await
-                .map_err(store_err)?;
+            let rows = self.store.events(&self.tenant, filter, page).await.map_err(store_err)?;
             let Some((last, _)) = rows.last() else {
                 break;
             };
@@ -1004,8 +817,8 @@ impl Harness {
     }
 }
 
-async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut h = Harness::open();
+async fn run_case(tiny_cache: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut h = Harness::open(tiny_cache);
     let mut result = Ok(());
     for (i, op) in ops.iter().enumerate() {
         if let Err(e) = h.run(op).await {
@@ -1021,18 +834,22 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
+    // 64 cases by default (a few seconds in debug builds); `PROPTEST_CASES=2000` for a soak.
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
         ..ProptestConfig::default()
     })]
 
     #[test]
-    fn store_matches_the_reference_model(ops in prop::collection::vec(op_strategy(), 1..40)) {
+    fn store_matches_the_reference_model(
+        tiny_cache in any::<bool>(),
+        ops in prop::collection::vec(op_strategy(), 1..60),
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
-        rt.block_on(run_case(ops))?;
+        rt.block_on(run_case(tiny_cache, ops))?;
     }
 }

@@ -252,7 +252,8 @@ async fn execute(state: &AppState, command: Command) -> Result<Response, ApiErro
         Execution::KeyReusedWithDifferentRequest => return Err(ApiError::KeyReused),
     };
     let mut response = match outcome {
-        Outcome::Applied(Applied { event, balance, available }) => {
+        Outcome::Applied(applied) => {
+            let Applied { event, balance, available } = *applied;
             let body = AppliedBody { event_id: &event.id, event: &event, balance, available };
             (StatusCode::CREATED, axum::Json(body)).into_response()
         }

@@ -27,6 +27,8 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// savepoint is rolled back) and what to do once the batch's fate is known.
 pub(crate) type AdminOp = Box<dyn FnOnce(&Connection, &mut AccountCache, Timestamp) -> (bool, Completion) + Send>;
 
+// Moved once through the queue; boxing the ledger variant would add an allocation per write.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum WriteOp {
     Ledger { command: Command, reply: oneshot::Sender<Result<Execution, StoreError>> },
     Admin(AdminOp),
@@ -52,6 +54,7 @@ pub(crate) struct Writer {
     batch_max: usize,
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Pending {
     Ledger(oneshot::Sender<Result<Execution, StoreError>>, Result<Execution, StoreError>),
     Admin(Completion),
@@ -90,6 +93,8 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) {
+        let started = std::time::Instant::now();
+        let size = batch.len();
         let now = self.now();
         let mut pending = Vec::with_capacity(batch.len());
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
@@ -108,7 +113,14 @@ impl Writer {
         for op in batch.drain(..) {
             pending.push(self.run_in_savepoint(op, now));
         }
+        let applied = started.elapsed();
         let committed = self.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        tracing::debug!(
+            size,
+            applied_us = applied.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
         if let Err(message) = &committed {
             tracing::error!(error = %message, "store: commit failed; the batch is rolled back");
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -291,7 +303,12 @@ fn load_idempotency(conn: &Connection, cmd: &Command) -> Result<Option<StoredOut
         return Ok(None);
     };
     let fingerprint = fingerprint.try_into().map_err(|_| StoreError::Corrupt("fingerprint length".into()))?;
-    let outcome = serde_json::from_str(&outcome).map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))?;
+    let mut outcome: Outcome =
+        serde_json::from_str(&outcome).map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))?;
+    if let Outcome::Applied(applied) = &mut outcome {
+        // The tenant is never serialised with an event; it is the key's tenant.
+        applied.event.tenant_id = Some(cmd.tenant_id.clone());
+    }
     Ok(Some(StoredOutcome { fingerprint: licenseseal_ledger::Fingerprint(fingerprint), outcome }))
 }
 
