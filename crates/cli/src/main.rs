@@ -14,6 +14,11 @@ use licenseseal_server::{AppState, ServerConfig};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, LedgerStore, SystemClock};
 
+/// mimalloc: the gateway allocates on one thread (the writer) and frees on others (HTTP
+/// workers), which glibc's allocator handles poorly under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "licenseseal", version, about = "API credit enforcement gateway")]
 struct Cli {

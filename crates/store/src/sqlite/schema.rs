@@ -77,8 +77,10 @@ const MIGRATIONS: &[&str] = &[
         tenant_id   TEXT NOT NULL,
         key         TEXT NOT NULL,
         fingerprint BLOB NOT NULL,
-        outcome     TEXT NOT NULL,
+        refusal     TEXT,
         event_id    TEXT,
+        balance     INTEGER,
+        available   INTEGER,
         created_at  INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, key)
     ) WITHOUT ROWID;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use licenseseal_ledger::idempotency::decide_idempotency;
 use licenseseal_ledger::{
-    decide, sweep_expired, AccountKey, AccountState, Command, CommandKind, Context, DebitRecord, EventId, EventKind,
-    IdempotencyDecision, Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
+    decide, sweep_expired, AccountKey, AccountState, Applied, Command, CommandKind, Context, DebitRecord, EventId,
+    EventKind, IdempotencyDecision, Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -54,11 +54,7 @@ pub(crate) struct Writer {
     batch_max: usize,
 }
 
-#[allow(clippy::large_enum_variant)]
-enum Pending {
-    Ledger(oneshot::Sender<Result<Execution, StoreError>>, Result<Execution, StoreError>),
-    Admin(Completion),
-}
+type Reply = oneshot::Sender<Result<Execution, StoreError>>;
 
 impl Writer {
     pub(crate) fn new(conn: Connection, clock: Arc<dyn Clock>, batch_max: usize, cache_max: usize) -> Self {
@@ -74,6 +70,7 @@ impl Writer {
     /// Runs until every sender is gone, then returns after the last commit.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::with_capacity(self.batch_max);
+        let mut ledger = Vec::with_capacity(self.batch_max);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
             while batch.len() < self.batch_max {
@@ -82,7 +79,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(&mut batch);
+            // Ledger writes are committed together; the rare admin write gets a transaction of
+            // its own, in queue order.
+            for op in batch.drain(..) {
+                match op {
+                    WriteOp::Ledger { command, reply } => ledger.push((command, reply)),
+                    WriteOp::Admin(op) => {
+                        self.commit_ledger(&mut ledger);
+                        self.commit_admin(op);
+                    }
+                }
+            }
+            self.commit_ledger(&mut ledger);
         }
     }
 
@@ -92,79 +100,99 @@ impl Writer {
         self.last_now
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<WriteOp>) {
-        let started = std::time::Instant::now();
-        let size = batch.len();
-        let now = self.now();
-        let mut pending = Vec::with_capacity(batch.len());
-        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
-        if let Err(e) = began {
-            let message = e.to_string();
-            tracing::error!(error = %message, "store: cannot begin a write transaction");
-            for op in batch.drain(..) {
-                let err = StoreError::Unavailable(message.clone());
-                match op {
-                    WriteOp::Ledger { reply, .. } => drop(reply.send(Err(err))),
-                    WriteOp::Admin(op) => drop(op),
-                }
-            }
+    /// Commits a batch of ledger operations in one transaction and answers each caller after
+    /// the commit. Fast path: no savepoints. If any operation fails, the transaction is rolled
+    /// back and the batch redone with a savepoint around each operation, so that the failure
+    /// is rolled back alone and the others still commit.
+    fn commit_ledger(&mut self, ops: &mut Vec<(Command, Reply)>) {
+        if ops.is_empty() {
             return;
         }
-        for op in batch.drain(..) {
-            pending.push(self.run_in_savepoint(op, now));
+        let started = std::time::Instant::now();
+        let now = self.now();
+        let mut results = self.apply_ledger(ops, now, false);
+        if results.as_ref().is_ok_and(|r| r.iter().any(Result::is_err)) {
+            self.rollback();
+            results = self.apply_ledger(ops, now, true);
         }
         let applied = started.elapsed();
-        let committed = self.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let fate = results.and_then(|r| exec(&self.conn, "COMMIT").map(|()| r).map_err(|e| e.to_string()));
         tracing::debug!(
-            size,
+            size = ops.len(),
             applied_us = applied.as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,
             "batch committed"
         );
-        if let Err(message) = &committed {
-            tracing::error!(error = %message, "store: commit failed; the batch is rolled back");
-            let _ = self.conn.execute_batch("ROLLBACK");
-            self.cache.map.clear();
-        }
-        for p in pending {
-            let fate = committed.clone().map_err(StoreError::Unavailable);
-            match p {
-                Pending::Ledger(reply, result) => {
-                    let _ = reply.send(fate.and(result));
+        match fate {
+            Ok(results) => {
+                for ((_, reply), result) in ops.drain(..).zip(results) {
+                    let _ = reply.send(result);
                 }
-                Pending::Admin(done) => done(fate),
+            }
+            Err(message) => {
+                tracing::error!(error = %message, "store: batch failed; nothing of it was committed");
+                self.rollback();
+                for (_, reply) in ops.drain(..) {
+                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                }
             }
         }
     }
 
-    fn run_in_savepoint(&mut self, op: WriteOp, now: Timestamp) -> Pending {
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
-            return match op {
-                WriteOp::Ledger { reply, .. } => Pending::Ledger(reply, Err(e.into())),
-                WriteOp::Admin(op) => {
-                    let (_, done) = op(&self.conn, &mut self.cache, now);
-                    Pending::Admin(Box::new(move |_| done(Err(StoreError::Unavailable(e.to_string())))))
-                }
-            };
-        }
-        let (ok, pending) = match op {
-            WriteOp::Ledger { command, reply } => {
-                let result = self.ledger(&command, now);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, correlation_id = %command.correlation_id, "store: ledger operation failed");
-                }
-                (result.is_ok(), Pending::Ledger(reply, result))
+    /// Applies the operations inside one open transaction. `Err` means the transaction itself
+    /// is lost (it could not begin, or SQLite rolled it back).
+    fn apply_ledger(
+        &mut self,
+        ops: &[(Command, Reply)],
+        now: Timestamp,
+        careful: bool,
+    ) -> Result<Vec<Result<Execution, StoreError>>, String> {
+        exec(&self.conn, "BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+        let mut results = Vec::with_capacity(ops.len());
+        for (command, _) in ops {
+            if careful {
+                exec(&self.conn, "SAVEPOINT op").map_err(|e| e.to_string())?;
             }
-            WriteOp::Admin(op) => {
-                let (ok, done) = op(&self.conn, &mut self.cache, now);
-                (ok, Pending::Admin(done))
+            let result = self.ledger(command, now);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, correlation_id = %command.correlation_id, "store: ledger operation failed");
+                if !careful {
+                    results.push(result);
+                    return Ok(results);
+                }
+                let _ = exec(&self.conn, "ROLLBACK TO op");
             }
-        };
-        if !ok {
-            let _ = self.conn.execute_batch("ROLLBACK TO op");
+            if careful {
+                let _ = exec(&self.conn, "RELEASE op");
+                if self.conn.is_autocommit() {
+                    return Err("the transaction was rolled back by the database".into());
+                }
+            }
+            results.push(result);
         }
-        let _ = self.conn.execute_batch("RELEASE op");
-        pending
+        Ok(results)
+    }
+
+    fn commit_admin(&mut self, op: AdminOp) {
+        let now = self.now();
+        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
+            let (_, done) = op(&self.conn, &mut self.cache, now);
+            return done(Err(StoreError::Unavailable(e.to_string())));
+        }
+        let (ok, done) = op(&self.conn, &mut self.cache, now);
+        let fate =
+            if ok { exec(&self.conn, "COMMIT").map_err(|e| StoreError::Unavailable(e.to_string())) } else { Ok(()) };
+        if !ok || fate.is_err() {
+            self.rollback();
+        }
+        done(fate)
+    }
+
+    /// Rolls back the open transaction and forgets every cached account, which may hold
+    /// state that is no longer committed.
+    fn rollback(&mut self) {
+        let _ = exec(&self.conn, "ROLLBACK");
+        self.cache.map.clear();
     }
 
     fn ledger(&mut self, cmd: &Command, now: Timestamp) -> Result<Execution, StoreError> {
@@ -219,11 +247,7 @@ impl Writer {
             write_lots(&self.conn, &key, &before, &after)?;
             upsert_account(&self.conn, &key, &after, now)?;
         }
-        let event_id = match &outcome {
-            Outcome::Applied(a) => Some(a.event.id.clone()),
-            Outcome::Refused(_) => None,
-        };
-        insert_idempotency(&self.conn, cmd, &outcome, event_id.as_ref(), now)?;
+        insert_idempotency(&self.conn, cmd, &outcome, now)?;
         self.remember(key, after);
         Ok(Execution::Fresh(outcome))
     }
@@ -232,7 +256,7 @@ impl Writer {
     /// outcome so that it is sticky.
     fn store_refusal(&mut self, cmd: &Command, now: Timestamp, refusal: Refusal) -> Result<Execution, StoreError> {
         let outcome = Outcome::Refused(refusal);
-        insert_idempotency(&self.conn, cmd, &outcome, None, now)?;
+        insert_idempotency(&self.conn, cmd, &outcome, now)?;
         Ok(Execution::Fresh(outcome))
     }
 
@@ -291,44 +315,67 @@ impl Writer {
     }
 }
 
+/// Runs a parameterless statement through the statement cache (no re-parsing per batch).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn load_idempotency(conn: &Connection, cmd: &Command) -> Result<Option<StoredOutcome>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT fingerprint, outcome FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT fingerprint, refusal, event_id, balance, available FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+    )?;
     let row = stmt
         .query_row(params![cmd.tenant_id.as_str(), cmd.idempotency_key.as_str()], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
         })
         .optional()?;
-    let Some((fingerprint, outcome)) = row else {
-        return Ok(None);
-    };
+    let Some((fingerprint, refusal, event_id, balance, available)) = row else { return Ok(None) };
     let fingerprint = fingerprint.try_into().map_err(|_| StoreError::Corrupt("fingerprint length".into()))?;
-    let mut outcome: Outcome =
-        serde_json::from_str(&outcome).map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))?;
-    if let Outcome::Applied(applied) = &mut outcome {
-        // The tenant is never serialised with an event; it is the key's tenant.
-        applied.event.tenant_id = Some(cmd.tenant_id.clone());
-    }
+    let outcome = match (refusal, event_id) {
+        (Some(refusal), _) => Outcome::Refused(
+            serde_json::from_str(&refusal).map_err(|e| StoreError::Corrupt(format!("stored refusal: {e}")))?,
+        ),
+        (None, Some(event_id)) => {
+            let id = EventId::parse(&event_id).map_err(|e| StoreError::Corrupt(format!("stored event id: {e}")))?;
+            let event = load_event(conn, &cmd.tenant_id, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("idempotency record names a missing event {id}")))?;
+            let (balance, available) =
+                balance.zip(available).ok_or_else(|| StoreError::Corrupt("stored balance".into()))?;
+            Outcome::Applied(Box::new(Applied { event, balance, available }))
+        }
+        (None, None) => return Err(StoreError::Corrupt("idempotency record without outcome".into())),
+    };
     Ok(Some(StoredOutcome { fingerprint: licenseseal_ledger::Fingerprint(fingerprint), outcome }))
 }
 
-fn insert_idempotency(
-    conn: &Connection,
-    cmd: &Command,
-    outcome: &Outcome,
-    event_id: Option<&EventId>,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let outcome = serde_json::to_string(outcome).map_err(|e| StoreError::Corrupt(format!("outcome encode: {e}")))?;
+/// Stores the outcome under the key: a refusal as JSON, a success as its event id and the
+/// balances it reported (the event itself is already in `events`).
+fn insert_idempotency(conn: &Connection, cmd: &Command, outcome: &Outcome, now: Timestamp) -> Result<(), StoreError> {
+    let (refusal, event_id, balance, available) = match outcome {
+        Outcome::Refused(r) => {
+            let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(format!("refusal encode: {e}")))?;
+            (Some(json), None, None, None)
+        }
+        Outcome::Applied(a) => (None, Some(a.event.id.as_str()), Some(a.balance), Some(a.available)),
+    };
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO idempotency (tenant_id, key, fingerprint, outcome, event_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO idempotency (tenant_id, key, fingerprint, refusal, event_id, balance, available, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     stmt.execute(params![
         cmd.tenant_id.as_str(),
         cmd.idempotency_key.as_str(),
         &cmd.fingerprint.0[..],
-        outcome,
-        event_id.map(EventId::as_str),
+        refusal,
+        event_id,
+        balance,
+        available,
         now.micros(),
     ])?;
     Ok(())
@@ -389,4 +436,70 @@ pub(crate) fn upsert_account(
         now.micros(),
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SystemClock;
+    use licenseseal_ledger::{Amount, CreditType, Fingerprint, IdempotencyKey, SubjectId, TenantId};
+
+    fn writer(dir: &std::path::Path) -> Writer {
+        let mut conn = Connection::open(dir.join("w.db")).unwrap();
+        super::super::schema::configure(&conn).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        Writer::new(conn, Arc::new(SystemClock), 100, 100)
+    }
+
+    fn grant(tenant: &TenantId, key: &str) -> (Command, Reply, oneshot::Receiver<Result<Execution, StoreError>>) {
+        let (tx, rx) = oneshot::channel();
+        let command = Command {
+            tenant_id: tenant.clone(),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            fingerprint: Fingerprint::of(&[key.as_bytes()]),
+            correlation_id: key.to_owned(),
+            kind: CommandKind::Grant {
+                subject: SubjectId::parse("alice").unwrap(),
+                credit_type: CreditType::default(),
+                amount: Amount::new(10).unwrap(),
+                priority: 0,
+                expires_at: None,
+                metadata: None,
+            },
+        };
+        (command, tx, rx)
+    }
+
+    #[test]
+    fn a_failing_operation_is_rolled_back_alone_and_the_batch_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let tenant = TenantId::from_uuid(uuid::Uuid::now_v7());
+        // A stored record with no outcome makes any use of its key fail inside the store.
+        w.conn
+            .execute(
+                "INSERT INTO idempotency (tenant_id, key, fingerprint, created_at) VALUES (?1, 'poison', zeroblob(32), 0)",
+                [tenant.as_str()],
+            )
+            .unwrap();
+        let mut ops = Vec::new();
+        let mut receivers = Vec::new();
+        for key in ["a", "poison", "b"] {
+            let (command, tx, rx) = grant(&tenant, key);
+            ops.push((command, tx));
+            receivers.push(rx);
+        }
+        w.commit_ledger(&mut ops);
+        let results: Vec<_> = receivers.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
+        assert!(matches!(results[0], Ok(Execution::Fresh(Outcome::Applied(_)))), "{:?}", results[0]);
+        assert!(matches!(results[1], Err(StoreError::Corrupt(_))), "{:?}", results[1]);
+        assert!(matches!(results[2], Ok(Execution::Fresh(Outcome::Applied(_)))), "{:?}", results[2]);
+        let (events, balance): (i64, i64) = w
+            .conn
+            .query_row("SELECT COUNT(*), (SELECT balance FROM accounts) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((events, balance), (2, 20), "both good grants committed, nothing of the failed one");
+    }
 }
