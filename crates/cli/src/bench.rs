@@ -6,7 +6,9 @@
 //! 1. the ceiling: `GET /healthz` over keep-alive HTTP/1.1 (no auth, no store);
 //! 2. LicenseSeal debits: `POST /v1/debits` of 1 credit with a unique idempotency key, spread
 //!    round-robin over pre-granted subjects (or all on one subject with `--hot`);
-//! 3. the baseline a hand-rolled ledger gets: one SQLite transaction per debit
+//! 3. the same debits handed straight to the store (no HTTP, JSON or auth), which isolates the
+//!    storage engine's durable throughput;
+//! 4. the baseline a hand-rolled ledger gets: one SQLite transaction per debit
 //!    (`BEGIN IMMEDIATE; SELECT; UPDATE; INSERT; COMMIT`, WAL, `synchronous = FULL`), called
 //!    in-process through rusqlite without HTTP, which flatters it.
 //!
@@ -25,9 +27,12 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use licenseseal_ledger::{
+    Amount, Command, CommandKind, CreditType, Fingerprint, IdempotencyKey, Outcome, SubjectId, TenantId,
+};
 use licenseseal_server::{AppState, ServerConfig};
 use licenseseal_store::sqlite::SqliteConfig;
-use licenseseal_store::{Clock, SystemClock};
+use licenseseal_store::{Clock, Execution, LedgerStore, SystemClock};
 use rusqlite::{params, Connection, TransactionBehavior};
 use serde::Serialize;
 use serde_json::json;
@@ -78,7 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let gateway = start_gateway(&root.join("gateway")).await?;
     let measured = measure_gateway(&gateway, &subjects, spread, duration).await;
     gateway.stop().await?;
-    let (healthz, debits) = measured?;
+    let (healthz, debits, store_only) = measured?;
 
     eprintln!("bench: baseline, one SQLite transaction per debit ({duration:?})");
     let baseline_dir = root.join("baseline");
@@ -86,7 +91,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("the baseline task failed")??;
 
-    let summary = Summary { machine: Machine::detect(), settings: Settings::from(&args), healthz, debits, baseline };
+    let summary =
+        Summary { machine: Machine::detect(), settings: Settings::from(&args), healthz, debits, store_only, baseline };
     summary.print_markdown();
     if args.json {
         println!("{}", summary.json());
@@ -118,9 +124,9 @@ async fn measure_gateway(
     subjects: &Arc<[String]>,
     spread: Spread,
     duration: Duration,
-) -> anyhow::Result<(Stats, Stats)> {
+) -> anyhow::Result<(Stats, Stats, Stats)> {
     let addr = gateway.addr;
-    let key = tenant_key(addr, &gateway.operator_key).await?;
+    let (tenant, key) = tenant_key(addr, &gateway.operator_key).await?;
     eprintln!("bench: granting {} subjects", subjects.len());
     grant_all(addr, &key, subjects, spread.connections).await?;
 
@@ -129,7 +135,57 @@ async fn measure_gateway(
     eprintln!("bench: POST /v1/debits ({duration:?})");
     let debits = debit_requests(&key, subjects.clone(), spread)?;
     let debits = load(addr, spread.connections, duration, debits, StatusCode::CREATED).await?;
-    Ok((healthz, debits))
+    eprintln!("bench: store only, no HTTP ({duration:?})");
+    let store_only = store_only(&gateway.store, &tenant, subjects, spread, duration).await?;
+    Ok((healthz, debits, store_only))
+}
+
+/// The same debits handed straight to the store from `connections` tasks: the storage
+/// engine's durable throughput without HTTP, JSON or authentication.
+async fn store_only(
+    store: &Arc<dyn LedgerStore>,
+    tenant: &TenantId,
+    subjects: &Arc<[String]>,
+    spread: Spread,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let window = Window::after_warm_up(duration);
+    let mut tasks = JoinSet::new();
+    for worker in 0..spread.connections {
+        let (store, tenant, subjects) = (store.clone(), tenant.clone(), subjects.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while !window.is_over() {
+                let key = format!("store-{worker}-{seq}");
+                let command = Command {
+                    tenant_id: tenant.clone(),
+                    idempotency_key: IdempotencyKey::parse(&key)?,
+                    fingerprint: Fingerprint::of(&[key.as_bytes()]),
+                    correlation_id: key.clone(),
+                    kind: CommandKind::Debit {
+                        subject: SubjectId::parse(&subjects[spread.pick(worker, seq)])?,
+                        credit_type: CreditType::default(),
+                        amount: Amount::new(1)?,
+                        metadata: None,
+                    },
+                };
+                seq += 1;
+                let started = Instant::now();
+                let result = match store.execute(command).await {
+                    Ok(Execution::Fresh(Outcome::Applied(_))) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                };
+                tally.record(&window, started, result);
+            }
+            anyhow::Ok(tally)
+        });
+    }
+    let mut tallies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        tallies.push(joined.context("a store worker failed")??);
+    }
+    Ok(Stats::new(Tally::merge(tallies), duration))
 }
 
 /// Which subject a worker's `seq`-th debit goes to: round-robin, or always the first.
@@ -156,6 +212,7 @@ impl Spread {
 struct Gateway {
     addr: SocketAddr,
     operator_key: String,
+    store: Arc<dyn LedgerStore>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -167,14 +224,14 @@ async fn start_gateway(data_dir: &Path) -> anyhow::Result<Gateway> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(store, clock, ServerConfig::default()).await?;
+    let state = AppState::new(store.clone(), clock, ServerConfig::default()).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;
     };
     let task = tokio::spawn(licenseseal_server::serve(listener, state, shutdown));
     eprintln!("bench: gateway on {addr}, store in {}", data_dir.display());
-    Ok(Gateway { addr, operator_key, stop, task })
+    Ok(Gateway { addr, operator_key, store, stop, task })
 }
 
 impl Gateway {
@@ -249,7 +306,7 @@ async fn call(
 // --- Setup over HTTP ---------------------------------------------------------------------
 
 /// Creates a tenant and a key for it with every scope; returns the key.
-async fn tenant_key(addr: SocketAddr, operator_key: &str) -> anyhow::Result<String> {
+async fn tenant_key(addr: SocketAddr, operator_key: &str) -> anyhow::Result<(TenantId, String)> {
     let mut sender = connect(addr).await?;
     let tenant = json_request("/v1/tenants", operator_key, None, &json!({ "name": "bench" }))?;
     let tenant = call(&mut sender, tenant, StatusCode::CREATED).await?;
@@ -257,7 +314,8 @@ async fn tenant_key(addr: SocketAddr, operator_key: &str) -> anyhow::Result<Stri
     let body = json!({ "tenant_id": tenant_id, "name": "bench", "scopes": ["*"] });
     let key = json_request("/v1/api-keys", operator_key, None, &body)?;
     let key = call(&mut sender, key, StatusCode::CREATED).await?;
-    key["key"].as_str().map(str::to_owned).context("the api key response has no key")
+    let key = key["key"].as_str().map(str::to_owned).context("the api key response has no key")?;
+    Ok((TenantId::parse(tenant_id)?, key))
 }
 
 /// Grants every subject `GRANT_AMOUNT`, over up to `connections` connections at once.
@@ -583,6 +641,7 @@ struct Summary {
     settings: Settings,
     healthz: Stats,
     debits: Stats,
+    store_only: Stats,
     baseline: Stats,
 }
 
@@ -613,6 +672,7 @@ impl Summary {
         for (name, stats) in [
             ("`GET /healthz` over HTTP (ceiling)", &self.healthz),
             ("LicenseSeal debits over HTTP (`POST /v1/debits`)", &self.debits),
+            ("LicenseSeal store only: the same debits without HTTP", &self.store_only),
             ("Baseline: one SQLite transaction per debit (in-process, no HTTP)", &self.baseline),
         ] {
             println!(
@@ -641,7 +701,12 @@ impl Summary {
     }
 
     fn print_failures(&self) {
-        for (name, stats) in [("healthz", &self.healthz), ("debits", &self.debits), ("baseline", &self.baseline)] {
+        for (name, stats) in [
+            ("healthz", &self.healthz),
+            ("debits", &self.debits),
+            ("store only", &self.store_only),
+            ("baseline", &self.baseline),
+        ] {
             if stats.failures == 0 {
                 continue;
             }
@@ -658,6 +723,7 @@ impl Summary {
             "settings": self.settings,
             "healthz": self.healthz,
             "debits": self.debits,
+            "store_only": self.store_only,
             "baseline": self.baseline,
             "debits_per_healthz": self.debits_per_healthz(),
             "debits_per_baseline": self.debits_per_baseline(),

@@ -31,8 +31,8 @@ pub struct SqliteConfig {
     pub readers_max: usize,
     /// Accounts the writer keeps in memory.
     pub account_cache_max: usize,
-    /// How often the WAL is copied back into the database file.
-    pub checkpoint_interval: std::time::Duration,
+    /// WAL size, in pages, at which the writer copies it back into the database file.
+    pub wal_checkpoint_pages: u32,
 }
 
 impl Default for SqliteConfig {
@@ -42,7 +42,7 @@ impl Default for SqliteConfig {
             queue_depth_max: 16_384,
             readers_max: 4,
             account_cache_max: 100_000,
-            checkpoint_interval: std::time::Duration::from_millis(250),
+            wal_checkpoint_pages: 4000,
         }
     }
 }
@@ -74,10 +74,11 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', ?1)",
             [rand::random::<[u8; 32]>().to_vec()],
         )?;
-        // The writer never checkpoints: a background thread copies the WAL into the database
-        // beside it (PASSIVE checkpoints never block the writer), so commits stay short.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        spawn_checkpointer(path.clone(), config.checkpoint_interval)?;
+        // The writer checkpoints the WAL itself once it passes this many pages. A checkpointer
+        // beside a busy writer never catches up with it, so the WAL would never restart and
+        // would grow without bound; the writer's own checkpoints keep it small and overwritten
+        // in place, which also keeps each commit's fsync cheap.
+        conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages as i64)?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
         let writer = Writer::new(conn, clock.clone(), config.batch_size_max, config.account_cache_max);
         let thread = std::thread::Builder::new()
@@ -157,26 +158,6 @@ impl SqliteStore {
         self.readers.lock().push(conn);
         result
     }
-}
-
-/// Checkpoints the WAL from its own connection until the database file is gone. The thread
-/// holds no lock between runs and stops by itself when the store's directory is removed.
-fn spawn_checkpointer(path: PathBuf, interval: std::time::Duration) -> Result<(), StoreError> {
-    let conn = Connection::open(&path)?;
-    schema::configure(&conn)?;
-    std::thread::Builder::new()
-        .name("licenseseal-checkpoint".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            if !path.exists() {
-                return;
-            }
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "store: WAL checkpoint failed");
-            }
-        })
-        .map_err(|e| StoreError::Unavailable(format!("cannot start checkpointer: {e}")))?;
-    Ok(())
 }
 
 fn account_view(

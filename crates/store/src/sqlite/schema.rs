@@ -108,7 +108,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// Connection settings shared by the writer and the readers.
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 1024;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 5000;
          PRAGMA foreign_keys = OFF;
