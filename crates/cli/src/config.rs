@@ -13,6 +13,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(clap::Args)]
 pub struct InitArgs {
+    /// PostgreSQL URL (postgres://…); without it the embedded SQLite store is used.
+    #[arg(long, env = "LICENSESEAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
     /// Data directory holding the store.
     #[arg(long, env = "LICENSESEAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -23,6 +26,9 @@ pub struct InitArgs {
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// PostgreSQL URL (postgres://…); without it the embedded SQLite store is used.
+    #[arg(long, env = "LICENSESEAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
     /// Data directory holding the store.
     #[arg(long, env = "LICENSESEAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -40,16 +46,48 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    database_url: Option<Secret>,
+}
+
+/// A value that may hold a password: never printed, only handed to the driver.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 #[derive(Debug)]
 pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub database_url: Option<Secret>,
 }
 
 impl Settings {
-    pub fn load(config: Option<&Path>, data_dir: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+    pub fn load(
+        config: Option<&Path>,
+        data_dir: Option<PathBuf>,
+        listen: Option<SocketAddr>,
+        database_url: Option<Secret>,
+    ) -> anyhow::Result<Self> {
         let file = match config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => read_file(Path::new(DEFAULT_CONFIG_FILE))?,
@@ -58,7 +96,20 @@ impl Settings {
         Ok(Settings {
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen: listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
+            database_url: database_url.or(file.database_url),
         })
+    }
+
+    /// Names the store for messages, without any password.
+    pub fn store_name(&self) -> String {
+        match &self.database_url {
+            Some(url) => {
+                let url = url.expose();
+                let host = url.rsplit('@').next().unwrap_or(url);
+                format!("PostgreSQL at {}", host.trim_start_matches("postgres://").trim_start_matches("postgresql://"))
+            }
+            None => format!("SQLite in {}", self.data_dir.display()),
+        }
     }
 }
 

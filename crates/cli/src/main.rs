@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use licenseseal_auth::ApiKeys;
 use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_store::postgres::{PgConfig, PgStore};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, LedgerStore, SystemClock};
 
@@ -89,16 +90,38 @@ fn print_operator_key(secret: &str) {
     println!("{}", serde_json::json!({ "operator_key": secret }));
 }
 
+/// Opens the configured store: PostgreSQL when a database URL is set, else SQLite in the data
+/// directory.
+async fn open_configured(settings: &config::Settings) -> anyhow::Result<Arc<dyn LedgerStore>> {
+    match &settings.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url.expose(), Arc::new(SystemClock), PgConfig::default())
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            Ok(Arc::new(store))
+        }
+        None => Ok(open_store(&settings.data_dir, SqliteConfig::default())?),
+    }
+}
+
 async fn init(args: config::InitArgs) -> anyhow::Result<()> {
-    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None)?;
-    let db = SqliteStore::database_path(&settings.data_dir);
-    if db.exists() && SqliteStore::is_initialized_at(&db)? {
+    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url)?;
+    let existing = if settings.database_url.is_some() {
+        let store = open_configured(&settings).await?;
+        let initialised = store.is_initialized().await?;
+        store.shutdown().await;
+        initialised
+    } else {
+        let db = SqliteStore::database_path(&settings.data_dir);
+        db.exists() && SqliteStore::is_initialized_at(&db)?
+    };
+    if existing {
         bail!(
             "a LicenseSeal store already exists in {}; refusing to create another operator key",
-            settings.data_dir.display()
+            settings.store_name()
         );
     }
-    let store = open_store(&settings.data_dir, SqliteConfig::default())?;
+    let store = open_configured(&settings).await?;
     let secret = create_operator_key(store.as_ref()).await?;
     store.shutdown().await;
     print_operator_key(&secret);
@@ -106,11 +129,11 @@ async fn init(args: config::InitArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
-    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, args.listen)?;
-    let store = open_store(&settings.data_dir, SqliteConfig::default())?;
+    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url)?;
+    let store = open_configured(&settings).await?;
     if !store.is_initialized().await? {
         let secret = create_operator_key(store.as_ref()).await?;
-        tracing::info!(data_dir = %settings.data_dir.display(), "initialised a new store; the operator key is printed once on stdout");
+        tracing::info!(store = %settings.store_name(), "initialised a new store; the operator key is printed once on stdout");
         print_operator_key(&secret);
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -118,7 +141,7 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AppState::new(store, clock, ServerConfig::default()).await?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %settings.data_dir.display(), "licenseseal serving");
+    tracing::info!(listen = %listener.local_addr()?, store = %settings.store_name(), "licenseseal serving");
     licenseseal_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("licenseseal stopped");
     Ok(())

@@ -19,13 +19,52 @@ pub enum StoreError {
     Decide(#[from] licenseseal_ledger::DecideError),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A database error that retrying will not fix (a bug, or a schema problem).
+    #[error("database: {0}")]
+    Database(String),
+    /// A conflict with a concurrent transaction (serialization failure, deadlock, or a
+    /// duplicate written by another instance): the batch is retried.
+    #[error("concurrent conflict: {0}")]
+    Contention(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            // No database answer: the connection is gone or the server unreachable.
+            return StoreError::Unavailable(e.to_string());
+        };
+        use tokio_postgres::error::SqlState;
+        let code = db.code();
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+            StoreError::Contention(db.message().to_owned())
+        } else if *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || code.code().starts_with("08")
+        {
+            StoreError::Unavailable(db.message().to_owned())
+        } else {
+            StoreError::Database(format!("{}: {}", code.code(), db.message()))
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl StoreError {
     /// Whether the caller should be told to retry later (503) rather than see a 500.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) | StoreError::Closed => true,
+            StoreError::Unavailable(_) | StoreError::Closed | StoreError::Contention(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseBusy

@@ -6,8 +6,11 @@
 //!
 //! Architecture invariant: only this crate knows SQL; nothing here knows HTTP.
 
+mod apply;
+mod codec;
 mod error;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::atomic::{AtomicI64, Ordering};

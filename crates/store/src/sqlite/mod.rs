@@ -299,7 +299,7 @@ impl LedgerStore for SqliteStore {
 
     async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
         self.admin(move |conn, _, _| {
-            let scopes = serde_json::to_string(&key.scopes.names()).expect("scope names encode");
+            let scopes = crate::codec::scopes_json(key.scopes);
             conn.execute(
                 "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",

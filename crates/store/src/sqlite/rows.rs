@@ -1,28 +1,20 @@
 //! Mapping between rows and domain values, shared by the writer and the readers.
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, Scopes, SubjectId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, SubjectId, TenantId, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub(crate) use crate::codec::event_from_row;
+use crate::codec::{corrupt, event_body, scopes_from_json};
 use crate::{ApiKeyRecord, StoreError};
-
-pub fn corrupt(what: &str) -> impl Fn(licenseseal_ledger::IdError) -> StoreError + '_ {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
-}
 
 pub fn ts(micros: Option<i64>) -> Option<Timestamp> {
     micros.map(Timestamp::from_micros)
 }
 
-pub fn event_from_row(tenant: &str, body: &str) -> Result<Event, StoreError> {
-    let mut event: Event = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
-    event.tenant_id = Some(TenantId::parse(tenant).map_err(corrupt("event tenant"))?);
-    Ok(event)
-}
-
 pub fn insert_event(conn: &Connection, event: &Event) -> Result<i64, StoreError> {
-    let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(format!("event encode: {e}")))?;
+    let body = event_body(event)?;
     let tenant = event.tenant_id.as_ref().ok_or_else(|| StoreError::Corrupt("event without tenant".into()))?;
     let mut stmt = conn.prepare_cached(
         "INSERT INTO events (id, tenant_id, subject, credit_type, kind, amount, delta, balance_after, created_at, refund_of, body)
@@ -121,8 +113,6 @@ pub fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(i64, ApiKeyReco
     let (name, prefix) = (r.get(3)?, r.get(4)?);
     let (expires_at, revoked_at, created_at, last_used_at) = (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?);
     let build = || -> Result<(i64, ApiKeyRecord), StoreError> {
-        let scopes: Vec<String> =
-            serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
         Ok((
             seq,
             ApiKeyRecord {
@@ -131,8 +121,7 @@ pub fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(i64, ApiKeyReco
                 name,
                 prefix,
                 hash: hash.try_into().map_err(|_| StoreError::Corrupt("key hash length".into()))?,
-                scopes: Scopes::parse(scopes.iter().map(String::as_str))
-                    .map_err(|s| StoreError::Corrupt(format!("unknown scope {s}")))?,
+                scopes: scopes_from_json(&scopes)?,
                 subject: subject.as_deref().map(SubjectId::parse).transpose().map_err(corrupt("key subject"))?,
                 expires_at: ts(expires_at),
                 revoked_at: ts(revoked_at),

@@ -7,13 +7,12 @@
 //! exactly what is committed, and is dropped whole if a commit ever fails.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use licenseseal_ledger::idempotency::decide_idempotency;
 use licenseseal_ledger::{
-    decide, sweep_expired, AccountKey, AccountState, Applied, Command, CommandKind, Context, DebitRecord, EventId,
-    EventKind, IdempotencyDecision, Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
+    AccountKey, AccountState, Applied, Command, CommandKind, DebitRecord, EventId, EventKind, IdempotencyDecision,
+    Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -221,25 +220,9 @@ impl Writer {
         if let Some(debit) = &debit {
             self.load_refund_lots(&mut state, debit)?;
         }
-        let before = state.clone();
-        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut next_id = || EventId::from_uuid(uuid::Uuid::now_v7());
-            let mut ctx = Context { key: &key, now, correlation_id: &cmd.correlation_id, next_id: &mut next_id };
-            let mut swept = state;
-            let mut events = sweep_expired(&mut swept, &mut ctx);
-            decide(&cmd.kind, &swept, debit.as_ref(), &mut ctx).map(|d| {
-                events.extend(d.events);
-                (d.state, events, d.outcome)
-            })
-        }));
-        let (after, events, outcome) = match decided {
-            Ok(result) => result?,
-            Err(_) => return Err(StoreError::Corrupt("ledger invariant violated; operation rolled back".into())),
-        };
-        let moved: i64 = events.iter().map(|e| e.delta).sum();
-        if before.balance.checked_add(moved) != Some(after.balance) {
-            return Err(StoreError::Corrupt("balance does not equal the sum of event deltas".into()));
-        }
+        let crate::apply::Applied { state: after, events, outcome } =
+            crate::apply::apply(&key, &state, cmd, debit.as_ref(), now)?;
+        let before = state;
         for event in &events {
             insert_event(&self.conn, event)?;
         }
@@ -393,11 +376,7 @@ fn write_lots(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
     )?;
-    for lot in &after.lots {
-        let unchanged = before.lots.iter().any(|b| b.id == lot.id && b.remaining == lot.remaining);
-        if unchanged {
-            continue;
-        }
+    for lot in crate::apply::changed_lots(before, after) {
         stmt.execute(params![
             lot.id.as_str(),
             key.tenant_id.as_str(),

@@ -1,0 +1,29 @@
+//! Encodings shared by both backends: an event's JSON body, scope lists, and stored ids.
+
+use licenseseal_ledger::{Event, IdError, Scopes, TenantId};
+
+use crate::StoreError;
+
+pub(crate) fn corrupt(what: &str) -> impl Fn(IdError) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// The stored form of an event (everything but the tenant, which is a column).
+pub(crate) fn event_body(event: &Event) -> Result<String, StoreError> {
+    serde_json::to_string(event).map_err(|e| StoreError::Corrupt(format!("event encode: {e}")))
+}
+
+pub(crate) fn event_from_row(tenant: &str, body: &str) -> Result<Event, StoreError> {
+    let mut event: Event = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
+    event.tenant_id = Some(TenantId::parse(tenant).map_err(corrupt("event tenant"))?);
+    Ok(event)
+}
+
+pub(crate) fn scopes_json(scopes: Scopes) -> String {
+    serde_json::to_string(&scopes.names()).expect("scope names encode")
+}
+
+pub(crate) fn scopes_from_json(json: &str) -> Result<Scopes, StoreError> {
+    let names: Vec<String> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
+    Scopes::parse(names.iter().map(String::as_str)).map_err(|s| StoreError::Corrupt(format!("unknown scope {s}")))
+}

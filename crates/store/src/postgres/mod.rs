@@ -1,0 +1,458 @@
+//! The PostgreSQL backend: several stateless gateway instances on one database, with the
+//! same semantics as the embedded store. Ledger writes are grouped per instance (see
+//! `batch.rs`); everything else is a plain query on a bounded connection pool.
+
+mod batch;
+mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, TenantId, Timestamp};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::{NoTls, Row};
+
+use self::batch::{account_key, account_state_from, lock_accounts, lot_from, run_batch};
+use crate::codec::{corrupt, event_from_row, scopes_from_json, scopes_json};
+use crate::{
+    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange, StoreError, Tenant,
+};
+
+/// Named limits of the PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Connections in the pool.
+    pub pool_size_max: usize,
+    /// Longest wait for a pooled connection (or a new one) before a request fails with 503.
+    pub acquire_timeout: Duration,
+    /// Longest a statement may run on the server.
+    pub statement_timeout: Duration,
+    /// Most commands in one batch (one transaction).
+    pub batch_size_max: usize,
+    /// Batches of one instance in flight at once.
+    pub batches_in_flight_max: usize,
+    /// Retries of a batch that lost a race with another transaction.
+    pub retries_max: u32,
+    /// Commands waiting for a batch before callers are made to wait.
+    pub queue_depth_max: usize,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            pool_size_max: 16,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            batch_size_max: 512,
+            batches_in_flight_max: 4,
+            retries_max: 8,
+            queue_depth_max: 16_384,
+        }
+    }
+}
+
+struct Job {
+    command: Command,
+    reply: oneshot::Sender<Result<Execution, StoreError>>,
+}
+
+pub struct PgStore {
+    pool: Pool,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl PgStore {
+    /// Connects, runs pending migrations (safe when several instances start together) and
+    /// starts this instance's batcher.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>, config: PgConfig) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+        pg.options(format!("-c statement_timeout={}", config.statement_timeout.as_millis()));
+        pg.connect_timeout(config.acquire_timeout);
+        pg.application_name("licenseseal");
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size_max)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(config.acquire_timeout))
+            .recycle_timeout(Some(config.acquire_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))?;
+        schema::migrate(&pool).await?;
+        let secret: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
+        pool.get()
+            .await?
+            .execute("INSERT INTO meta (key, value) VALUES ('cursor_secret', $1) ON CONFLICT DO NOTHING", &[&secret])
+            .await?;
+        let (tx, rx) = mpsc::channel(config.queue_depth_max);
+        let batcher = tokio::spawn(batcher(pool.clone(), clock.clone(), rx, config));
+        Ok(PgStore { pool, queue: Mutex::new(Some(tx)), batcher: Mutex::new(Some(batcher)), clock })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Gathers queued commands into batches and runs up to `batches_in_flight_max` at once.
+async fn batcher(pool: Pool, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Job>, config: PgConfig) {
+    let permits = Arc::new(Semaphore::new(config.batches_in_flight_max));
+    let mut running = tokio::task::JoinSet::new();
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let mut jobs = vec![first];
+        while jobs.len() < config.batch_size_max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (pool, clock, retries) = (pool.clone(), clock.clone(), config.retries_max);
+        running.spawn(async move {
+            execute(&pool, clock.as_ref(), jobs, retries).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Runs a batch with bounded retries on contention. If it still fails for a reason other
+/// than an outage, each command is run alone, so one bad command cannot fail the others.
+async fn execute(pool: &Pool, clock: &dyn Clock, jobs: Vec<Job>, retries_max: u32) {
+    let commands: Vec<&Command> = jobs.iter().map(|j| &j.command).collect();
+    match with_retries(pool, clock, &commands, retries_max).await {
+        Ok(results) => {
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) if jobs.len() > 1 && !e.is_unavailable() => {
+            tracing::warn!(error = %e, size = jobs.len(), "store: batch failed; running its commands one by one");
+            for job in jobs {
+                let result = with_retries(pool, clock, &[&job.command], retries_max).await;
+                let _ = job.reply.send(result.and_then(|mut r| r.pop().expect("one result per command")));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store: batch failed; nothing of it was committed");
+            let message = e.to_string();
+            let unavailable = e.is_unavailable();
+            for job in jobs {
+                let err = if unavailable {
+                    StoreError::Unavailable(message.clone())
+                } else {
+                    StoreError::Database(message.clone())
+                };
+                let _ = job.reply.send(Err(err));
+            }
+        }
+    }
+}
+
+async fn with_retries(
+    pool: &Pool,
+    clock: &dyn Clock,
+    commands: &[&Command],
+    retries_max: u32,
+) -> Result<Vec<Result<Execution, StoreError>>, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match run_batch(pool, clock.now(), commands).await {
+            Err(StoreError::Contention(reason)) if attempt < retries_max => {
+                attempt += 1;
+                tracing::debug!(attempt, reason, "store: batch lost a race; retrying");
+                let jitter = rand::random::<u64>() % (2 << attempt.min(6));
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp::from_micros)
+}
+
+const API_KEY_COLUMNS: &str =
+    "seq, id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, last_used_at, rotated_from";
+
+fn api_key_from(row: &Row) -> Result<(i64, ApiKeyRecord), StoreError> {
+    let hash: Vec<u8> = row.get(5);
+    let record = ApiKeyRecord {
+        id: KeyId::parse(row.get(1)).map_err(corrupt("key id"))?,
+        tenant_id: row.get::<_, Option<&str>>(2).map(TenantId::parse).transpose().map_err(corrupt("key tenant"))?,
+        name: row.get(3),
+        prefix: row.get(4),
+        hash: hash.try_into().map_err(|_| StoreError::Corrupt("key hash length".into()))?,
+        scopes: scopes_from_json(row.get(6))?,
+        subject: row
+            .get::<_, Option<&str>>(7)
+            .map(licenseseal_ledger::SubjectId::parse)
+            .transpose()
+            .map_err(corrupt("key subject"))?,
+        expires_at: ts(row.get(8)),
+        revoked_at: ts(row.get(9)),
+        created_at: Timestamp::from_micros(row.get(10)),
+        last_used_at: ts(row.get(11)),
+        rotated_from: row.get::<_, Option<&str>>(12).map(KeyId::parse).transpose().map_err(corrupt("rotated_from"))?,
+    };
+    Ok((row.get(0), record))
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "tenant_id, subject, credit_type, balance, held, overdraft_limit, max_debit_amount, updated_at";
+
+#[async_trait::async_trait]
+impl LedgerStore for PgStore {
+    #[tracing::instrument(skip_all, fields(tenant = %command.tenant_id, correlation_id = %command.correlation_id))]
+    async fn execute(&self, command: Command) -> Result<Execution, StoreError> {
+        let queue = self.queue.lock().clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        queue.send(Job { command, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn set_policy(&self, key: AccountKey, change: PolicyChange) -> Result<AccountView, StoreError> {
+        let now = self.clock.now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_accounts(&tx, [&key]).await?;
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1 AND subject = $2 AND credit_type = $3"
+        );
+        let k: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&key.tenant_id.as_str(), &key.subject.as_str(), &key.credit_type.as_str()];
+        let mut state = tx.query_opt(&sql, &k).await?.map(|r| account_state_from(&r)).unwrap_or_default();
+        change.apply(&mut state.policy);
+        tx.execute(
+            "INSERT INTO accounts (tenant_id, subject, credit_type, balance, held, overdraft_limit, max_debit_amount, created_at, updated_at)
+             VALUES ($1, $2, $3, 0, 0, $4, $5, $6, $6)
+             ON CONFLICT (tenant_id, subject, credit_type) DO UPDATE SET
+               overdraft_limit = EXCLUDED.overdraft_limit, max_debit_amount = EXCLUDED.max_debit_amount,
+               updated_at = EXCLUDED.updated_at",
+            &[
+                &key.tenant_id.as_str(),
+                &key.subject.as_str(),
+                &key.credit_type.as_str(),
+                &(state.policy.overdraft_limit as i64),
+                &state.policy.max_debit_amount.map(|v| v as i64),
+                &now.micros(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(client);
+        self.account(&key, None).await?.ok_or_else(|| StoreError::Corrupt("account vanished".into()))
+    }
+
+    async fn account(&self, key: &AccountKey, as_of: Option<Timestamp>) -> Result<Option<AccountView>, StoreError> {
+        let now = self.clock.now();
+        let client = self.client().await?;
+        let k: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&key.tenant_id.as_str(), &key.subject.as_str(), &key.credit_type.as_str()];
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1 AND subject = $2 AND credit_type = $3"
+        );
+        let lots_sql = "SELECT id, tenant_id, subject, credit_type, priority, expires_at, created_at, remaining
+                        FROM lots WHERE tenant_id = $1 AND subject = $2 AND credit_type = $3 AND remaining > 0";
+        let (row, lots) = tokio::try_join!(client.query_opt(&sql, &k), client.query(lots_sql, &k))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut state = account_state_from(&row);
+        for lot in &lots {
+            state.lots.push(lot_from(lot)?);
+        }
+        let mut view = AccountView {
+            key: account_key(row.get(0), row.get(1), row.get(2))?,
+            balance: state.balance,
+            held: state.held,
+            available: state.available(now),
+            expired_pending: state.expired_unswept(now),
+            policy: state.policy,
+            updated_at: Timestamp::from_micros(row.get(7)),
+        };
+        if let Some(at) = as_of {
+            let balance: Option<i64> = client
+                .query_opt(
+                    "SELECT balance_after FROM events WHERE tenant_id = $1 AND subject = $2 AND credit_type = $3
+                     AND created_at <= $4 ORDER BY seq DESC LIMIT 1",
+                    &[&key.tenant_id.as_str(), &key.subject.as_str(), &key.credit_type.as_str(), &at.micros()],
+                )
+                .await?
+                .map(|r| r.get(0));
+            let balance = balance.unwrap_or(0);
+            (view.balance, view.held, view.available, view.expired_pending) = (balance, 0, balance, 0);
+        }
+        Ok(Some(view))
+    }
+
+    async fn event(&self, tenant: &TenantId, id: &EventId) -> Result<Option<Event>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT tenant_id, body FROM events WHERE id = $1 AND tenant_id = $2",
+                &[&id.as_str(), &tenant.as_str()],
+            )
+            .await?;
+        row.map(|r| event_from_row(r.get(0), r.get(1))).transpose()
+    }
+
+    async fn events(
+        &self,
+        tenant: &TenantId,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, tenant_id, body FROM events
+                 WHERE tenant_id = $1 AND seq > $2
+                   AND ($3::text IS NULL OR subject = $3)
+                   AND ($4::text IS NULL OR kind = $4)
+                   AND ($5::text IS NULL OR credit_type = $5)
+                   AND ($6::bigint IS NULL OR created_at >= $6)
+                   AND ($7::bigint IS NULL OR created_at < $7)
+                 ORDER BY seq LIMIT $8",
+                &[
+                    &tenant.as_str(),
+                    &page.after.unwrap_or(0),
+                    &filter.subject.as_ref().map(|s| s.as_str()),
+                    &filter.kind.map(|k| k.as_str()),
+                    &filter.credit_type.as_ref().map(|c| c.as_str()),
+                    &filter.from.map(Timestamp::micros),
+                    &filter.to.map(Timestamp::micros),
+                    &i64::from(page.limit),
+                ],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.get(0), event_from_row(r.get(1), r.get(2))?))).collect()
+    }
+
+    async fn create_tenant(&self, tenant: Tenant) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)",
+                &[&tenant.id.as_str(), &tenant.name, &tenant.created_at.micros()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT name, created_at FROM tenants WHERE id = $1", &[&id.as_str()])
+            .await?;
+        Ok(row.map(|r| Tenant { id: id.clone(), name: r.get(0), created_at: Timestamp::from_micros(r.get(1)) }))
+    }
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &key.id.as_str(),
+                &key.tenant_id.as_ref().map(TenantId::as_str),
+                &key.name,
+                &key.prefix,
+                &&key.hash[..],
+                &scopes_json(key.scopes),
+                &key.subject.as_ref().map(|s| s.as_str()),
+                &key.expires_at.map(Timestamp::micros),
+                &key.revoked_at.map(Timestamp::micros),
+                &key.created_at.micros(),
+                &key.rotated_from.as_ref().map(KeyId::as_str),
+            ],
+        )
+        .await?;
+        if key.tenant_id.is_none() {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('initialized', '\\x01') ON CONFLICT DO NOTHING", &[])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = $1");
+        let row = self.client().await?.query_opt(&sql, &[&&hash[..]]).await?;
+        Ok(row.map(|r| api_key_from(&r)).transpose()?.map(|(_, k)| k))
+    }
+
+    async fn api_key(&self, id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = self.client().await?.query_opt(&sql, &[&id.as_str()]).await?;
+        Ok(row.map(|r| api_key_from(&r)).transpose()?.map(|(_, k)| k))
+    }
+
+    async fn api_keys(&self, tenant: Option<&TenantId>, page: Page) -> Result<Vec<(i64, ApiKeyRecord)>, StoreError> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id IS NOT DISTINCT FROM $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant.map(TenantId::as_str), &page.after.unwrap_or(0), &i64::from(page.limit)])
+            .await?;
+        rows.iter().map(api_key_from).collect()
+    }
+
+    async fn retire_api_key(&self, id: &KeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError> {
+        let sql = if revoke {
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1"
+        } else {
+            "UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE id = $1"
+        };
+        self.client().await?.execute(sql, &[&id.as_str(), &at.micros()]).await?;
+        Ok(())
+    }
+
+    async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError> {
+        let ids: Vec<&str> = used.iter().map(|(id, _)| id.as_str()).collect();
+        let ats: Vec<i64> = used.iter().map(|(_, at)| at.micros()).collect();
+        self.client()
+            .await?
+            .execute(
+                "UPDATE api_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, 0), u.at)
+                 FROM unnest($1::text[], $2::bigint[]) AS u(id, at) WHERE k.id = u.id",
+                &[&ids, &ats],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn is_initialized(&self) -> Result<bool, StoreError> {
+        let row = self.client().await?.query_opt("SELECT 1 FROM meta WHERE key = 'initialized'", &[]).await?;
+        Ok(row.is_some())
+    }
+
+    async fn cursor_secret(&self) -> Result<[u8; 32], StoreError> {
+        let row = self.client().await?.query_one("SELECT value FROM meta WHERE key = 'cursor_secret'", &[]).await?;
+        let v: Vec<u8> = row.get(0);
+        v.try_into().map_err(|_| StoreError::Corrupt("cursor secret length".into()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        drop(self.queue.lock().take());
+        let batcher = self.batcher.lock().take();
+        if let Some(batcher) = batcher {
+            let _ = batcher.await;
+        }
+        self.pool.close();
+    }
+}

@@ -1,0 +1,119 @@
+//! The PostgreSQL schema as a versioned history, applied under an advisory lock so that
+//! instances starting at the same moment apply each migration exactly once.
+
+use deadpool_postgres::Pool;
+
+use crate::StoreError;
+
+/// Lock id serialising migrations across instances ("LSMIGRAT").
+const MIGRATION_LOCK: i64 = 0x4c53_4d49_4752_4154;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the v0 ledger.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE tenants (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE api_keys (
+        seq          BIGSERIAL PRIMARY KEY,
+        id           TEXT NOT NULL UNIQUE,
+        tenant_id    TEXT,
+        name         TEXT NOT NULL,
+        prefix       TEXT NOT NULL,
+        hash         BYTEA NOT NULL UNIQUE,
+        scopes       TEXT NOT NULL,
+        subject      TEXT,
+        expires_at   BIGINT,
+        revoked_at   BIGINT,
+        created_at   BIGINT NOT NULL,
+        last_used_at BIGINT,
+        rotated_from TEXT
+    );
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, seq);
+    CREATE TABLE accounts (
+        tenant_id        TEXT NOT NULL,
+        subject          TEXT NOT NULL,
+        credit_type      TEXT NOT NULL,
+        balance          BIGINT NOT NULL,
+        held             BIGINT NOT NULL DEFAULT 0,
+        overdraft_limit  BIGINT NOT NULL DEFAULT 0,
+        max_debit_amount BIGINT,
+        created_at       BIGINT NOT NULL,
+        updated_at       BIGINT NOT NULL,
+        PRIMARY KEY (tenant_id, subject, credit_type)
+    );
+    CREATE TABLE lots (
+        id          TEXT PRIMARY KEY,
+        tenant_id   TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        credit_type TEXT NOT NULL,
+        priority    INTEGER NOT NULL,
+        expires_at  BIGINT,
+        created_at  BIGINT NOT NULL,
+        remaining   BIGINT NOT NULL CHECK (remaining >= 0)
+    );
+    CREATE INDEX lots_live ON lots (tenant_id, subject, credit_type) WHERE remaining > 0;
+    CREATE TABLE events (
+        seq           BIGSERIAL PRIMARY KEY,
+        id            TEXT NOT NULL UNIQUE,
+        tenant_id     TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        credit_type   TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        amount        BIGINT NOT NULL,
+        delta         BIGINT NOT NULL,
+        balance_after BIGINT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        refund_of     TEXT,
+        body          TEXT NOT NULL
+    );
+    CREATE INDEX events_by_tenant ON events (tenant_id, seq);
+    CREATE INDEX events_by_account ON events (tenant_id, subject, credit_type, seq);
+    CREATE INDEX events_by_refund_of ON events (refund_of) WHERE refund_of IS NOT NULL;
+    CREATE TABLE idempotency (
+        tenant_id   TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BYTEA NOT NULL,
+        refusal     TEXT,
+        event_id    TEXT,
+        balance     BIGINT,
+        available   BIGINT,
+        created_at  BIGINT NOT NULL,
+        PRIMARY KEY (tenant_id, key)
+    );
+    "#,
+];
+
+/// Applies every migration the database has not seen, all under one advisory lock.
+pub async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS licenseseal_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let current: i32 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM licenseseal_migrations", &[]).await?.get(0);
+    let current = current as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO licenseseal_migrations (version) VALUES ($1)", &[&((i + 1) as i32)]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
