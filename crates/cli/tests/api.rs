@@ -15,9 +15,8 @@ fn anonymised(reply: &Reply) -> Value {
     body
 }
 
-#[tokio::test]
-async fn every_authentication_failure_gets_the_same_401() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn every_authentication_failure_gets_the_same_401(gw) {
     let t = gw.tenant().await;
     let revoked = gw.key(&t.key, json!({ "name": "r", "scopes": ["*"] })).await;
     let list = gw.get("/v1/api-keys", &t.key).await;
@@ -60,10 +59,10 @@ async fn every_authentication_failure_gets_the_same_401() {
     assert!(!text.contains(&revoked) && !text.contains("lsk_unknown") && !text.contains("revoked"));
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn missing_scope_is_403_and_scopes_map_to_intents() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn missing_scope_is_403_and_scopes_map_to_intents(gw) {
     let t = gw.tenant().await;
     let debit_only = gw.key(&t.key, json!({ "name": "d", "scopes": ["usage.debit"] })).await;
     gw.grant(&t.key, "g", "alice", 10).await;
@@ -93,10 +92,10 @@ async fn missing_scope_is_403_and_scopes_map_to_intents() {
     assert_eq!(r.status, 403);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn a_subject_bound_key_acts_for_its_subject_only() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn a_subject_bound_key_acts_for_its_subject_only(gw) {
     let t = gw.tenant().await;
     let bound =
         gw.key(&t.key, json!({ "name": "b", "scopes": ["usage.debit", "ledger.read"], "subject": "alice" })).await;
@@ -112,10 +111,10 @@ async fn a_subject_bound_key_acts_for_its_subject_only() {
     assert_eq!(gw.account(&t.key, "bob").await.i64("balance"), 10);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn tenants_never_see_each_other() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn tenants_never_see_each_other(gw) {
     let a = gw.tenant().await;
     let b = gw.tenant().await;
     let grant = gw.grant(&a.key, "g", "alice", 100).await;
@@ -134,10 +133,10 @@ async fn tenants_never_see_each_other() {
     assert_eq!(gw.account(&a.key, "alice").await.i64("balance"), 90);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn operators_act_on_a_tenant_by_naming_it() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn operators_act_on_a_tenant_by_naming_it(gw) {
     let t = gw.tenant().await;
     let op = gw.operator_key.clone();
     let r = gw.post("/v1/grants", &op, Some("g"), json!({ "tenant_id": t.id, "subject": "alice", "amount": 5 })).await;
@@ -158,10 +157,10 @@ async fn operators_act_on_a_tenant_by_naming_it() {
     assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 5);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn keys_are_shown_once_rotated_with_grace_and_revoked() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn keys_are_shown_once_rotated_with_grace_and_revoked(gw) {
     let t = gw.tenant().await;
     let created = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "svc", "scopes": ["ledger.read"] })).await;
     let (id, old) = (created.str("id"), created.str("key"));
@@ -196,10 +195,10 @@ async fn keys_are_shown_once_rotated_with_grace_and_revoked() {
     assert_eq!(gw.post(&format!("/v1/api-keys/{}/revoke", r.str("id")), &other.key, None, json!({})).await.status, 404);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn last_used_time_is_recorded_without_a_write_per_request() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn last_used_time_is_recorded_without_a_write_per_request(gw) {
     let t = gw.tenant().await;
     let k = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "svc", "scopes": ["ledger.read"] })).await;
     for _ in 0..20 {
@@ -211,11 +210,11 @@ async fn last_used_time_is_recorded_without_a_write_per_request() {
     assert!(entry["last_used_at"].is_string(), "{entry}");
     gw.stop().await;
 }
+}
 
-/// Requests that must be refused with a problem response and write nothing.
-#[tokio::test]
-async fn bad_input_is_a_clear_problem_and_writes_nothing() {
-    let gw = Gateway::start().await;
+// Requests that must be refused with a problem response and write nothing.
+conformance! {
+    async fn bad_input_is_a_clear_problem_and_writes_nothing(gw) {
     let t = gw.tenant().await;
     let long_subject = "a".repeat(129);
     let long_key = "k".repeat(256);
@@ -306,10 +305,10 @@ async fn bad_input_is_a_clear_problem_and_writes_nothing() {
     assert_eq!((ok.status, ok.replayed()), (201, false));
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn bad_paths_queries_and_cursors_are_problems() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn bad_paths_queries_and_cursors_are_problems(gw) {
     let t = gw.tenant().await;
     let other = gw.tenant().await;
     for i in 0..5 {
@@ -346,10 +345,10 @@ async fn bad_paths_queries_and_cursors_are_problems() {
     assert_eq!((method.status, method.is_problem()), (405, true));
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn pagination_walks_every_event_once_in_order() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn pagination_walks_every_event_once_in_order(gw) {
     let t = gw.tenant().await;
     for i in 0..25 {
         gw.grant(&t.key, &format!("g{i}"), if i % 2 == 0 { "even" } else { "odd" }, i + 1).await;
@@ -370,10 +369,10 @@ async fn pagination_walks_every_event_once_in_order() {
     assert_eq!(grants.len(), 25);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn correlation_ids_are_honoured_echoed_and_recorded() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn correlation_ids_are_honoured_echoed_and_recorded(gw) {
     let t = gw.tenant().await;
     let r = gw
         .http
@@ -403,11 +402,12 @@ async fn correlation_ids_are_honoured_echoed_and_recorded() {
     assert!(generated.header("x-request-id").is_some());
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn health_and_readiness() {
-    let gw = Gateway::start().await;
+conformance! {
+    async fn health_and_readiness(gw) {
     assert_eq!(gw.call("GET", "/healthz", None, None, None).await.status, 200);
     assert_eq!(gw.call("GET", "/readyz", None, None, None).await.body["status"], "ready");
     gw.stop().await;
+}
 }

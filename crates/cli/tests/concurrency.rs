@@ -6,7 +6,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::Gateway;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -17,9 +16,9 @@ fn rng() -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_debits_with_duplicate_retries_apply_once_per_key() {
-    let gw = Arc::new(Gateway::start().await);
+conformance! {
+    async fn concurrent_debits_with_duplicate_retries_apply_once_per_key(gw) {
+    let gw = Arc::new(gw);
     let t = gw.tenant().await;
     gw.grant(&t.key, "g", "alice", 1_000).await;
     let mut rng = rng();
@@ -48,10 +47,11 @@ async fn concurrent_debits_with_duplicate_retries_apply_once_per_key() {
     assert_eq!(debits.len(), 200, "one event per idempotency key");
     assert_eq!(gw.assert_balance_is_sum_of_deltas(&t.key, "alice").await, 800);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_debits_never_overspend() {
-    let gw = Arc::new(Gateway::start().await);
+conformance! {
+    async fn concurrent_debits_never_overspend(gw) {
+    let gw = Arc::new(gw);
     let t = gw.tenant().await;
     gw.grant(&t.key, "g", "alice", 50).await;
     gw.grant(&t.key, "g1", "last", 1).await;
@@ -76,10 +76,11 @@ async fn concurrent_debits_never_overspend() {
     assert_eq!(gw.all_events(&t.key, "subject=last&kind=debit").await.len(), 1);
     assert_eq!(gw.assert_balance_is_sum_of_deltas(&t.key, "last").await, 0);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_brand_new_account_overdraws_once_under_concurrency() {
-    let gw = Arc::new(Gateway::start().await);
+conformance! {
+    async fn a_brand_new_account_overdraws_once_under_concurrency(gw) {
+    let gw = Arc::new(gw);
     let t = gw.tenant().await;
     let p = gw.call("PATCH", "/v1/accounts/newbie", Some(&t.key), None, Some(json!({"overdraft_limit": 200}))).await;
     assert_eq!(p.status, 200);
@@ -89,10 +90,11 @@ async fn a_brand_new_account_overdraws_once_under_concurrency() {
     assert_eq!(pair, [201, 402]);
     assert_eq!(gw.assert_balance_is_sum_of_deltas(&t.key, "newbie").await, -200);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn duplicate_grants_sent_together_apply_once() {
-    let gw = Arc::new(Gateway::start().await);
+conformance! {
+    async fn duplicate_grants_sent_together_apply_once(gw) {
+    let gw = Arc::new(gw);
     let t = gw.tenant().await;
     let first = gw.grant(&t.key, "K", "alice", 100).await;
     let again = gw.grant(&t.key, "K", "alice", 100).await;
@@ -103,12 +105,13 @@ async fn duplicate_grants_sent_together_apply_once() {
     assert_eq!(gw.all_events(&t.key, "kind=grant").await.len(), 2);
     assert_eq!(gw.assert_balance_is_sum_of_deltas(&t.key, "alice").await, 200);
 }
+}
 
-/// 1,000 mixed operations across 50 subjects, fired together in random order: no client ever
-/// sees a 5xx and every balance equals the sum of its events afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mixed_load_across_many_subjects_never_fails_or_deadlocks() {
-    let gw = Arc::new(Gateway::start().await);
+// 1,000 mixed operations across 50 subjects, fired together in random order: no client ever
+// sees a 5xx and every balance equals the sum of its events afterwards.
+conformance! {
+    async fn mixed_load_across_many_subjects_never_fails_or_deadlocks(gw) {
+    let gw = Arc::new(gw);
     let t = gw.tenant().await;
     let mut debit_ids = Vec::new();
     for s in 0..50 {
@@ -157,4 +160,5 @@ async fn mixed_load_across_many_subjects_never_fails_or_deadlocks() {
             refunds.iter().filter(|e| e["refund_of"] == id.as_str()).map(|e| e["amount"].as_i64().unwrap()).sum();
         assert!(refunded <= 20, "refunds of {id} exceed the debit: {refunded}");
     }
+}
 }

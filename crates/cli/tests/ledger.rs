@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use common::{Gateway, Reply};
 use serde_json::{json, Value};
 
-async fn check(script: &str) {
-    let gw = Gateway::start().await;
+async fn check(gw: Gateway, script: &str) {
     let tenant = gw.tenant().await;
     let key = tenant.key.as_str();
     let mut labels: HashMap<String, String> = HashMap::new();
@@ -106,9 +105,9 @@ fn expect_reply(n: usize, line: &str, expect: &str, reply: &Reply, labels: &mut 
     assert_eq!(reply.replayed(), replayed, "Idempotent-Replayed: {}", ctx());
 }
 
-#[tokio::test]
-async fn outcomes_are_sticky_and_a_refusal_is_never_turned_into_a_charge() {
-    check(
+conformance! {
+    async fn outcomes_are_sticky_and_a_refusal_is_never_turned_into_a_charge(gw) {
+    check(gw,
         "grant g1 alice 5 -> 201 balance=5
          debit k alice 10 -> 402 insufficient_credits
          grant g2 alice 10 -> 201 balance=15
@@ -117,10 +116,11 @@ async fn outcomes_are_sticky_and_a_refusal_is_never_turned_into_a_charge() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn a_repeated_grant_applies_once_and_a_changed_one_is_refused() {
-    check(
+conformance! {
+    async fn a_repeated_grant_applies_once_and_a_changed_one_is_refused(gw) {
+    check(gw,
         "grant K alice 100 -> 201 balance=100 as=first
          grant K alice 100 -> 201 balance=100 replayed
          grant K alice 200 -> 422 idempotency_key_reused
@@ -129,10 +129,11 @@ async fn a_repeated_grant_applies_once_and_a_changed_one_is_refused() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn debits_burn_lots_by_priority_then_expiry_then_age() {
-    check(
+conformance! {
+    async fn debits_burn_lots_by_priority_then_expiry_then_age(gw) {
+    check(gw,
         "grant g1 alice 10 priority=5 -> 201
          grant g2 alice 10 priority=5 expires=+200 -> 201
          grant g3 alice 10 priority=5 expires=+100 -> 201
@@ -142,10 +143,11 @@ async fn debits_burn_lots_by_priority_then_expiry_then_age() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn expired_credit_is_never_spendable_even_before_any_sweep() {
-    check(
+conformance! {
+    async fn expired_credit_is_never_spendable_even_before_any_sweep(gw) {
+    check(gw,
         "grant g1 alice 1000 expires=+10 -> 201 balance=1000
          advance 11
          account alice -> 200 balance=1000 available=0 expired_pending=1000
@@ -155,10 +157,11 @@ async fn expired_credit_is_never_spendable_even_before_any_sweep() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn refunds_are_capped_by_their_debit() {
-    check(
+conformance! {
+    async fn refunds_are_capped_by_their_debit(gw) {
+    check(gw,
         "grant g1 alice 100 -> 201
          debit d1 alice 40 -> 201 balance=60 as=d
          refund r1 @d 30 -> 201 balance=90 refund_of=@d
@@ -169,10 +172,11 @@ async fn refunds_are_capped_by_their_debit() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn refunds_name_a_debit_of_this_tenant() {
-    check(
+conformance! {
+    async fn refunds_name_a_debit_of_this_tenant(gw) {
+    check(gw,
         "grant g1 alice 100 -> 201 as=g
          refund r1 @g -> 422 not_a_debit
          refund r2 evt_0190aaaaaaaa7aaa8aaaaaaaaaaaaaaa -> 404 event_not_found
@@ -180,10 +184,11 @@ async fn refunds_name_a_debit_of_this_tenant() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn credit_refunded_to_an_expired_lot_expires_with_it() {
-    check(
+conformance! {
+    async fn credit_refunded_to_an_expired_lot_expires_with_it(gw) {
+    check(gw,
         "grant g1 alice 10 expires=+5 -> 201
          debit d1 alice 10 -> 201 balance=0 as=d
          advance 6
@@ -192,10 +197,11 @@ async fn credit_refunded_to_an_expired_lot_expires_with_it() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn a_new_subject_may_overdraw_down_to_its_limit_and_no_further() {
-    check(
+conformance! {
+    async fn a_new_subject_may_overdraw_down_to_its_limit_and_no_further(gw) {
+    check(gw,
         "overdraft bob 200 -> 200 overdraft_limit=200 balance=0
          debit d1 bob 150 -> 201 balance=-150 available=-150
          debit d2 bob 51 -> 402 insufficient_credits
@@ -205,19 +211,21 @@ async fn a_new_subject_may_overdraw_down_to_its_limit_and_no_further() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn decimal_credits_are_exact_integers() {
-    check(
+conformance! {
+    async fn decimal_credits_are_exact_integers(gw) {
+    check(gw,
         "grant g1 alice 949899 -> 201
          debit d1 alice 50101 -> 201 balance=899798",
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn adjustments_are_signed_and_recorded_with_their_reason() {
-    check(
+conformance! {
+    async fn adjustments_are_signed_and_recorded_with_their_reason(gw) {
+    check(gw,
         "grant g1 alice 10 -> 201
          adjust a1 alice -15 -> 201 balance=-5 delta=-15 amount=15 reason=test kind=adjustment
          adjust a2 alice 20 -> 201 balance=15 delta=20
@@ -225,11 +233,11 @@ async fn adjustments_are_signed_and_recorded_with_their_reason() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn max_debit_amount_limits_single_debits() {
-    let gw = Gateway::start().await;
-    let t = gw.tenant().await;
+conformance! {
+    async fn max_debit_amount_limits_single_debits(gw) {
+        let t = gw.tenant().await;
     gw.grant(&t.key, "g", "alice", 100).await;
     let patch =
         gw.call("PATCH", "/v1/accounts/alice", Some(&t.key), None, Some(json!({ "max_debit_amount": 10 }))).await;
@@ -242,11 +250,11 @@ async fn max_debit_amount_limits_single_debits() {
     assert_eq!(gw.debit(&t.key, "d3", "alice", 50).await.status, 201);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn debit_records_the_lots_it_drew_from() {
-    let gw = Gateway::start().await;
-    let t = gw.tenant().await;
+conformance! {
+    async fn debit_records_the_lots_it_drew_from(gw) {
+        let t = gw.tenant().await;
     let a = gw.post("/v1/grants", &t.key, Some("a"), json!({"subject": "s", "amount": 5, "priority": 1})).await;
     let b = gw.post("/v1/grants", &t.key, Some("b"), json!({"subject": "s", "amount": 5, "priority": 2})).await;
     let d = gw.debit(&t.key, "d", "s", 7).await;
@@ -259,11 +267,11 @@ async fn debit_records_the_lots_it_drew_from() {
     assert_eq!(event.body["balance_after"], 3);
     gw.stop().await;
 }
+}
 
-#[tokio::test]
-async fn account_as_of_shows_a_past_balance() {
-    let gw = Gateway::start().await;
-    let t = gw.tenant().await;
+conformance! {
+    async fn account_as_of_shows_a_past_balance(gw) {
+        let t = gw.tenant().await;
     gw.grant(&t.key, "g", "alice", 100).await;
     gw.advance(10);
     let middle = gw.now();
@@ -273,4 +281,5 @@ async fn account_as_of_shows_a_past_balance() {
     assert_eq!(then.i64("balance"), 100, "{}", then.body);
     assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 70);
     gw.stop().await;
+}
 }

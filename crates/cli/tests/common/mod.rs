@@ -1,6 +1,10 @@
-//! The integration-test harness: a real gateway (real SQLite store in a temp directory, real
-//! HTTP on an ephemeral loopback port) started in-process with a manual clock, and typed
-//! helpers to call it. Nothing is mocked.
+//! The integration-test harness: a real gateway (a real store — SQLite in a temp directory, or
+//! PostgreSQL in a fresh schema — and real HTTP on an ephemeral loopback port) started
+//! in-process with a manual clock, and typed helpers to call it. Nothing is mocked.
+//!
+//! `conformance!` turns one test body into a SQLite and a PostgreSQL test, so both backends
+//! run the same code. PostgreSQL is found through `LICENSESEAL_TEST_DATABASE_URL`; when it is
+//! unset the PostgreSQL variants say that they were skipped.
 
 #![allow(dead_code)]
 
@@ -10,17 +14,58 @@ use std::time::Duration;
 use licenseseal_auth::ApiKeys;
 use licenseseal_ledger::Timestamp;
 use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_store::postgres::{PgConfig, PgStore};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, LedgerStore, ManualClock, SystemClock};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+
+/// Which store a test gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one test body against both backends.
+#[macro_export]
+macro_rules! conformance {
+    ($(async fn $name:ident($gw:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn scenario($gw: common::Gateway) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    scenario(common::Gateway::start_on(common::Backend::Sqlite).await.expect("sqlite")).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    match common::Gateway::start_on(common::Backend::Postgres).await {
+                        Some(gw) => scenario(gw).await,
+                        None => common::skipped(),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+pub fn skipped() {
+    eprintln!("SKIPPED: PostgreSQL variant (set LICENSESEAL_TEST_DATABASE_URL to run it)");
+}
 
 pub struct Gateway {
     pub base: String,
     pub operator_key: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn LedgerStore>,
+    pub backend: Backend,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -65,16 +110,21 @@ impl Reply {
 }
 
 impl Gateway {
-    pub async fn start() -> Gateway {
+    /// A gateway on `backend`, or `None` for PostgreSQL when no test database is configured.
+    pub async fn start_on(backend: Backend) -> Option<Gateway> {
         let config = ServerConfig { last_used_flush_interval: Duration::from_millis(100), ..ServerConfig::default() };
-        Gateway::start_with(config).await
-    }
-
-    pub async fn start_with(config: ServerConfig) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
-        let store =
-            Arc::new(SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store"));
+        let store: Arc<dyn LedgerStore> = match backend {
+            Backend::Sqlite => {
+                Arc::new(SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store"))
+            }
+            Backend::Postgres => Arc::new(
+                PgStore::connect(&fresh_schema_url().await?, clock.clone(), PgConfig::default())
+                    .await
+                    .expect("open the PostgreSQL store"),
+            ),
+        };
         let generated = ApiKeys::generate();
         store.insert_api_key(generated.operator_record(clock.now())).await.expect("operator key");
         let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
@@ -85,7 +135,9 @@ impl Gateway {
             let _ = rx.await;
         }));
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
-        Gateway { base, operator_key: generated.secret, http, clock, store, dir, shutdown: Some(tx), task: Some(task) }
+        let shutdown = Some(tx);
+        let task = Some(task);
+        Some(Gateway { base, operator_key: generated.secret, http, clock, store, backend, dir, shutdown, task })
     }
 
     /// Stops the server gracefully and waits for it.
@@ -204,4 +256,35 @@ impl Gateway {
         }
         balance
     }
+}
+
+/// The URL of a new, empty schema in the test database (`None` when none is configured).
+/// Schemas of earlier runs older than an hour are dropped first, once per test process.
+pub async fn fresh_schema_url() -> Option<String> {
+    let base = std::env::var("LICENSESEAL_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("LICENSESEAL_TEST_DATABASE_URL is set but unreachable: {e}"));
+    tokio::spawn(connection);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    let mut clean = false;
+    CLEANED.call_once(|| clean = true);
+    if clean {
+        let rows = client
+            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ls\\_test\\_%'", &[])
+            .await
+            .expect("list schemas");
+        for row in rows {
+            let name: String = row.get(0);
+            let created: u64 = name.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+            if created + 3600 < now {
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+            }
+        }
+    }
+    let schema = format!("ls_test_{now}_{}", rand::random::<u32>());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{separator}options=-c%20search_path%3D{schema}"))
 }

@@ -71,7 +71,12 @@ impl PgStore {
     pub async fn connect(url: &str, clock: Arc<dyn Clock>, config: PgConfig) -> Result<Self, StoreError> {
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
-        pg.options(format!("-c statement_timeout={}", config.statement_timeout.as_millis()));
+        let options = format!(
+            "{} -c statement_timeout={}",
+            pg.get_options().unwrap_or_default(),
+            config.statement_timeout.as_millis()
+        );
+        pg.options(options.trim());
         pg.connect_timeout(config.acquire_timeout);
         pg.application_name("licenseseal");
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
