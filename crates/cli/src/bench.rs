@@ -12,6 +12,12 @@
 //!    (`BEGIN IMMEDIATE; SELECT; UPDATE; INSERT; COMMIT`, WAL, `synchronous = FULL`), called
 //!    in-process through rusqlite without HTTP, which flatters it.
 //!
+//! With `--database-url postgres://…` (or `LICENSESEAL_BENCH_DATABASE_URL`) the gateway runs on
+//! the PostgreSQL store instead, in a fresh schema of that database, and the baseline is one
+//! PostgreSQL transaction per debit (`BEGIN; UPDATE; INSERT; COMMIT`) in another fresh schema
+//! of the same server, driven by `pgbench` when it is on the PATH (else by an in-process
+//! tokio-postgres loop with as many clients). Both schemas are dropped at the end.
+//!
 //! Latencies are the measured durations of single requests, all kept and sorted. The summary
 //! is a Markdown table meant for BENCHMARKS.md; `--json` adds a JSON summary line.
 
@@ -31,6 +37,7 @@ use licenseseal_ledger::{
     Amount, Command, CommandKind, CreditType, Fingerprint, IdempotencyKey, Outcome, SubjectId, TenantId,
 };
 use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_store::postgres::{PgConfig, PgStore};
 use licenseseal_store::sqlite::SqliteConfig;
 use licenseseal_store::{Clock, Execution, LedgerStore, SystemClock};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -38,6 +45,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_postgres::{NoTls, Statement};
 
 /// Time each workload runs before measuring starts.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -47,6 +55,12 @@ const GRANT_AMOUNT: u64 = 1_000_000_000_000;
 const FAILURE_EXAMPLES_MAX: usize = 5;
 /// How long a baseline connection waits for SQLite's write lock before giving up.
 const BASELINE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Clients of the PostgreSQL baseline: a hand-rolled ledger's connection pool.
+const PG_BASELINE_CLIENTS: usize = 8;
+/// pgbench worker threads driving those clients.
+const PGBENCH_THREADS: usize = 2;
+/// Longest wait to drop the bench schemas at the end.
+const PG_DROP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -66,38 +80,84 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Directory for the two databases (must not hold a previous run); default: a temporary
-    /// directory removed at the end.
+    /// directory removed at the end. SQLite mode only.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run on PostgreSQL instead of SQLite: fresh schemas in this database (dropped at the end)
+    /// hold the gateway's store and a one-transaction-per-debit baseline run with pgbench.
+    #[arg(long, env = "LICENSESEAL_BENCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ensure!(args.subjects >= 1, "--subjects must be at least 1");
     ensure!(args.connections >= 1, "--connections must be at least 1");
     ensure!(args.duration_secs >= 1, "--duration-secs must be at least 1");
-    let (_temp, root) = bench_root(args.data_dir.as_deref())?;
     let duration = Duration::from_secs(args.duration_secs);
     let subjects: Arc<[String]> = (0..args.subjects).map(|i| format!("bench-subject-{i}")).collect();
     let spread = Spread { subjects: args.subjects, connections: args.connections, hot: args.hot };
 
-    let gateway = start_gateway(&root.join("gateway")).await?;
-    let measured = measure_gateway(&gateway, &subjects, spread, duration).await;
-    gateway.stop().await?;
-    let (healthz, debits, store_only) = measured?;
+    let database_url = args.database_url.as_deref().map(str::trim).filter(|url| !url.is_empty());
+    let (measured, backend) = match database_url {
+        None => (run_sqlite(args.data_dir.as_deref(), &subjects, spread, duration).await?, Backend::Sqlite),
+        Some(url) => {
+            ensure!(
+                args.data_dir.is_none(),
+                "--data-dir is for SQLite mode; the PostgreSQL mode (--database-url or \
+                 LICENSESEAL_BENCH_DATABASE_URL) keeps everything in fresh schemas"
+            );
+            let (measured, info) = run_postgres(url, &subjects, spread, duration).await?;
+            (measured, Backend::Postgres(info))
+        }
+    };
 
-    eprintln!("bench: baseline, one SQLite transaction per debit ({duration:?})");
-    let baseline_dir = root.join("baseline");
-    let baseline = tokio::task::spawn_blocking(move || run_baseline(&baseline_dir, &subjects, spread, duration))
-        .await
-        .context("the baseline task failed")??;
-
-    let summary =
-        Summary { machine: Machine::detect(), settings: Settings::from(&args), healthz, debits, store_only, baseline };
+    let Measured { healthz, debits, store_only, baseline } = measured;
+    let summary = Summary {
+        machine: Machine::detect(),
+        settings: Settings::from(&args),
+        backend,
+        healthz,
+        debits,
+        store_only,
+        baseline,
+    };
     summary.print_markdown();
     if args.json {
         println!("{}", summary.json());
     }
     Ok(())
+}
+
+/// The four workloads of a run.
+struct Measured {
+    healthz: Stats,
+    debits: Stats,
+    store_only: Stats,
+    baseline: Stats,
+}
+
+/// SQLite mode: the gateway's store and the baseline in two databases under one directory.
+async fn run_sqlite(
+    data_dir: Option<&Path>,
+    subjects: &Arc<[String]>,
+    spread: Spread,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let (_temp, root) = bench_root(data_dir)?;
+    let gateway_dir = root.join("gateway");
+    let store = crate::open_store(&gateway_dir, SqliteConfig::default())?;
+    let gateway = start_gateway(store, &format!("store in {}", gateway_dir.display())).await?;
+    let measured = measure_gateway(&gateway, subjects, spread, duration).await;
+    gateway.stop().await?;
+    let (healthz, debits, store_only) = measured?;
+
+    eprintln!("bench: baseline, one SQLite transaction per debit ({duration:?})");
+    let baseline_dir = root.join("baseline");
+    let subjects = subjects.clone();
+    let baseline = tokio::task::spawn_blocking(move || run_baseline(&baseline_dir, &subjects, spread, duration))
+        .await
+        .context("the baseline task failed")??;
+    Ok(Measured { healthz, debits, store_only, baseline })
 }
 
 /// The directory holding both databases, and the temporary directory to remove at the end.
@@ -217,10 +277,11 @@ struct Gateway {
     task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Opens a fresh store the way `serve` does and serves it on 127.0.0.1:0 in a spawned task.
-async fn start_gateway(data_dir: &Path) -> anyhow::Result<Gateway> {
-    let store = crate::open_store(data_dir, SqliteConfig::default())?;
-    let operator_key = crate::create_operator_key(store.as_ref()).await?;
+/// Creates the operator key in a fresh store the way `serve` does and serves the store on
+/// 127.0.0.1:0 in a spawned task.
+async fn start_gateway(store: Arc<dyn LedgerStore>, store_name: &str) -> anyhow::Result<Gateway> {
+    let operator_key =
+        crate::create_operator_key(store.as_ref()).await?.context("the bench store was initialised already")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -230,7 +291,7 @@ async fn start_gateway(data_dir: &Path) -> anyhow::Result<Gateway> {
         let _ = stopped.await;
     };
     let task = tokio::spawn(licenseseal_server::serve(listener, state, shutdown));
-    eprintln!("bench: gateway on {addr}, store in {}", data_dir.display());
+    eprintln!("bench: gateway on {addr}, {store_name}");
     Ok(Gateway { addr, operator_key, store, stop, task })
 }
 
@@ -491,6 +552,384 @@ fn debit_once(conn: &mut Connection, subject: &str, idempotency_key: &str) -> an
     Ok(())
 }
 
+// --- PostgreSQL mode ---------------------------------------------------------------------
+
+/// Where the PostgreSQL run happened and which baseline ran.
+struct PgInfo {
+    /// `host:port/database`, without credentials.
+    server: String,
+    version: String,
+    schema: String,
+    baseline_schema: String,
+    runner: PgRunner,
+    /// pgbench's own "latency average".
+    latency_avg_ms: Option<f64>,
+}
+
+#[derive(Clone, Copy)]
+enum PgRunner {
+    Pgbench,
+    TokioPostgres,
+}
+
+impl PgRunner {
+    fn name(self) -> &'static str {
+        match self {
+            PgRunner::Pgbench => "pgbench",
+            PgRunner::TokioPostgres => "tokio-postgres",
+        }
+    }
+}
+
+/// PostgreSQL mode: creates two fresh schemas, measures the gateway on one and the baseline
+/// on the other, and drops both (also when a phase fails or the run is interrupted).
+async fn run_postgres(
+    url: &str,
+    subjects: &Arc<[String]>,
+    spread: Spread,
+    duration: Duration,
+) -> anyhow::Result<(Measured, PgInfo)> {
+    let server = describe_server(url)?;
+    let admin = pg_connect(url).await.with_context(|| format!("cannot connect to PostgreSQL at {server}"))?;
+    let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let nonce = uuid::Uuid::now_v7().as_u128() as u32;
+    let schema = format!("ls_bench_{unix}_{nonce}");
+    let baseline_schema = format!("{schema}_baseline");
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}; CREATE SCHEMA {baseline_schema};"))
+        .await
+        .with_context(|| format!("cannot create the bench schemas on {server}"))?;
+    drop(admin);
+    eprintln!("bench: PostgreSQL {version} at {server}, schemas {schema} and {baseline_schema}");
+
+    let schemas = [schema.as_str(), baseline_schema.as_str()];
+    let outcome = tokio::select! {
+        outcome = postgres_phases(url, schemas, subjects, spread, duration) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    drop_schemas(url, &server, schemas).await;
+    let (measured, runner, latency_avg_ms) = outcome?;
+    Ok((measured, PgInfo { server, version, schema, baseline_schema, runner, latency_avg_ms }))
+}
+
+async fn postgres_phases(
+    url: &str,
+    [schema, baseline_schema]: [&str; 2],
+    subjects: &Arc<[String]>,
+    spread: Spread,
+    duration: Duration,
+) -> anyhow::Result<(Measured, PgRunner, Option<f64>)> {
+    let store = PgStore::connect(&with_search_path(url, schema), Arc::new(SystemClock), PgConfig::default())
+        .await
+        .context("cannot open the PostgreSQL store")?;
+    let gateway = start_gateway(Arc::new(store), &format!("PostgreSQL store in schema {schema}")).await?;
+    let measured = measure_gateway(&gateway, subjects, spread, duration).await;
+    gateway.stop().await?;
+    let (healthz, debits, store_only) = measured?;
+
+    let baseline_url = with_search_path(url, baseline_schema);
+    seed_pg_baseline(&baseline_url, subjects).await?;
+    let (baseline, runner, latency_avg_ms) = match find_on_path("pgbench") {
+        Some(pgbench) => {
+            let (stats, latency_avg_ms) = run_pgbench(&pgbench, url, baseline_schema, spread, duration).await?;
+            (stats, PgRunner::Pgbench, Some(latency_avg_ms))
+        }
+        None => {
+            eprintln!(
+                "bench: pgbench is not on the PATH; baseline with {PG_BASELINE_CLIENTS} in-process tokio-postgres \
+                 clients, one PostgreSQL transaction per debit ({duration:?})"
+            );
+            (run_pg_loop(&baseline_url, subjects, spread, duration).await?, PgRunner::TokioPostgres, None)
+        }
+    };
+    check_pg_baseline(&baseline_url).await?;
+    Ok((Measured { healthz, debits, store_only, baseline }, runner, latency_avg_ms))
+}
+
+/// `host:port/database` of a connection string, without user or password.
+fn describe_server(url: &str) -> anyhow::Result<String> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| anyhow!("the database url is not a PostgreSQL connection string: {e}"))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    Ok(format!("{host}:{port}/{database}"))
+}
+
+/// The connection string with `search_path` set to `schema` for every connection.
+fn with_search_path(url: &str, schema: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-c%20search_path%3D{schema}")
+    } else {
+        format!("{url} options='-c search_path={schema}'")
+    }
+}
+
+async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "bench PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Drops the bench schemas; a failure is reported, not returned, so that results still print.
+async fn drop_schemas(url: &str, server: &str, schemas: [&str; 2]) {
+    let sql: String = schemas.iter().map(|s| format!("DROP SCHEMA IF EXISTS {s} CASCADE;")).collect();
+    let dropped = tokio::time::timeout(PG_DROP_TIMEOUT, async {
+        pg_connect(url).await?.batch_execute(&sql).await?;
+        anyhow::Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow!("timed out after {PG_DROP_TIMEOUT:?}")));
+    match dropped {
+        Ok(()) => eprintln!("bench: dropped schemas {} and {}", schemas[0], schemas[1]),
+        Err(e) => eprintln!(
+            "bench: WARNING: cannot drop schemas {} and {} on {server} ({e:#}); drop them by hand",
+            schemas[0], schemas[1]
+        ),
+    }
+}
+
+/// The hand-rolled ledger's tables, every subject granted `GRANT_AMOUNT`.
+async fn seed_pg_baseline(url: &str, subjects: &[String]) -> anyhow::Result<()> {
+    let client = pg_connect(url).await.context("cannot connect for the baseline")?;
+    client
+        .batch_execute(
+            "CREATE TABLE accounts (subject TEXT PRIMARY KEY, balance BIGINT);
+             CREATE TABLE events (id BIGSERIAL PRIMARY KEY, subject TEXT, amount BIGINT,
+                                  idempotency_key TEXT UNIQUE);",
+        )
+        .await
+        .context("cannot create the baseline tables")?;
+    let grant = i64::try_from(GRANT_AMOUNT)?;
+    client
+        .execute("INSERT INTO accounts (subject, balance) SELECT unnest($1::text[]), $2", &[&subjects, &grant])
+        .await
+        .context("cannot seed the baseline accounts")?;
+    client.batch_execute("ANALYZE accounts").await?;
+    Ok(())
+}
+
+/// Every baseline debit must have hit an account: the debited total equals the events.
+async fn check_pg_baseline(url: &str) -> anyhow::Result<()> {
+    let client = pg_connect(url).await.context("cannot connect to check the baseline")?;
+    let grant = i64::try_from(GRANT_AMOUNT)?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM events),
+                    (SELECT COALESCE(sum($1::bigint - balance), 0)::bigint FROM accounts)",
+            &[&grant],
+        )
+        .await?;
+    let (events, debited): (i64, i64) = (row.get(0), row.get(1));
+    ensure!(events > 0, "the baseline recorded no debits");
+    ensure!(events == debited, "the baseline recorded {events} events but debited {debited} credits");
+    Ok(())
+}
+
+/// A program on the PATH (what `which` finds).
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// The pgbench transaction: a random subject (or the hot one) and a unique key per debit.
+fn pgbench_script(spread: Spread) -> String {
+    let subject = if spread.hot { "0".to_owned() } else { format!("random(0, {})", spread.subjects - 1) };
+    format!(
+        "\\set subject {subject}
+\\set nonce random(1, 9223372036854775806)
+BEGIN;
+UPDATE accounts SET balance = balance - 1 WHERE subject = 'bench-subject-' || :subject;
+INSERT INTO events (subject, amount, idempotency_key)
+  VALUES ('bench-subject-' || :subject, 1, 'pgbench-' || :client_id || '-' || :nonce);
+COMMIT;
+"
+    )
+}
+
+/// Runs pgbench for a warm-up, then for `duration` with a per-transaction log; returns its
+/// throughput (tps without initial connection time), percentiles from the log, and its
+/// latency average.
+async fn run_pgbench(
+    pgbench: &Path,
+    url: &str,
+    schema: &str,
+    spread: Spread,
+    duration: Duration,
+) -> anyhow::Result<(Stats, f64)> {
+    let dir = tempfile::Builder::new()
+        .prefix("licenseseal-pgbench-")
+        .tempdir()
+        .context("cannot create a temporary directory for pgbench")?;
+    let script = dir.path().join("debit.sql");
+    std::fs::write(&script, pgbench_script(spread)).context("cannot write the pgbench script")?;
+    eprintln!("bench: baseline warm-up with {} ({WARM_UP:?})", pgbench.display());
+    pgbench_command(pgbench, url, schema, &script, WARM_UP, None).await?;
+    eprintln!(
+        "bench: baseline, one PostgreSQL transaction per debit, pgbench with {PG_BASELINE_CLIENTS} clients \
+         ({duration:?})"
+    );
+    let log_prefix = dir.path().join("tx");
+    let output = pgbench_command(pgbench, url, schema, &script, duration, Some(&log_prefix)).await?;
+    let tps = pgbench_number(&output, "tps = ").with_context(|| format!("no tps in the pgbench output:\n{output}"))?;
+    let latency_avg_ms = pgbench_number(&output, "latency average = ")
+        .with_context(|| format!("no latency average in the pgbench output:\n{output}"))?;
+    let failed = pgbench_number(&output, "number of failed transactions: ").unwrap_or(0.0) as u64;
+
+    let mut tally = read_pgbench_logs(dir.path())?;
+    tally.failures = tally.failures.max(failed);
+    let mut stats = Stats::new(tally, duration);
+    stats.per_sec = tps;
+    Ok((stats, latency_avg_ms))
+}
+
+/// `pgbench -n -M prepared -c 8 -j 2 -T <secs> -f <script> [-l --log-prefix <prefix>] <url>`
+/// with `PGOPTIONS` setting the search path; returns its standard output.
+async fn pgbench_command(
+    pgbench: &Path,
+    url: &str,
+    schema: &str,
+    script: &Path,
+    duration: Duration,
+    log_prefix: Option<&Path>,
+) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new(pgbench);
+    command
+        .args(["-n", "-M", "prepared"])
+        .args(["-c", &PG_BASELINE_CLIENTS.to_string(), "-j", &PGBENCH_THREADS.to_string()])
+        .args(["-T", &duration.as_secs().max(1).to_string()])
+        .arg("-f")
+        .arg(script);
+    if let Some(prefix) = log_prefix {
+        command.arg("-l").arg("--log-prefix").arg(prefix);
+    }
+    let output = command
+        .arg(url)
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", pgbench.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(
+        output.status.success(),
+        "pgbench failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim(),
+        stdout.trim()
+    );
+    Ok(stdout)
+}
+
+/// The number after `prefix` on the first line of pgbench's summary that starts with it.
+fn pgbench_number(output: &str, prefix: &str) -> Option<f64> {
+    output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+}
+
+/// Latencies from pgbench's per-transaction logs (`tx.<pid>[.<thread>]`): the third field is
+/// the latency in microseconds, or a word for a failed or skipped transaction.
+fn read_pgbench_logs(dir: &Path) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tx.")) {
+            continue;
+        }
+        files += 1;
+        let log = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for line in log.lines() {
+            match line.split_whitespace().nth(2).map(str::parse::<u64>) {
+                Some(Ok(micros)) => tally.latencies.push(Duration::from_micros(micros)),
+                _ => {
+                    tally.failures += 1;
+                    if tally.examples.len() < FAILURE_EXAMPLES_MAX {
+                        tally.examples.push(format!("pgbench log: {line}"));
+                    }
+                }
+            }
+        }
+    }
+    ensure!(files > 0, "pgbench wrote no transaction log in {}", dir.display());
+    Ok(tally)
+}
+
+/// The fallback without pgbench: `PG_BASELINE_CLIENTS` connections, each running the same
+/// transaction with prepared statements, round-robin over the subjects (or on the hot one).
+async fn run_pg_loop(url: &str, subjects: &Arc<[String]>, spread: Spread, duration: Duration) -> anyhow::Result<Stats> {
+    let spread = Spread { connections: PG_BASELINE_CLIENTS, ..spread };
+    let window = Window::after_warm_up(duration);
+    let mut tasks = JoinSet::new();
+    for worker in 0..PG_BASELINE_CLIENTS {
+        let (url, subjects) = (url.to_owned(), subjects.clone());
+        tasks.spawn(async move {
+            let mut client = pg_connect(&url).await.context("cannot connect for the baseline")?;
+            let update = client.prepare("UPDATE accounts SET balance = balance - 1 WHERE subject = $1").await?;
+            let insert =
+                client.prepare("INSERT INTO events (subject, amount, idempotency_key) VALUES ($1, 1, $2)").await?;
+            let mut tally = Tally::default();
+            let mut seq = 0;
+            while !window.is_over() {
+                let subject = &subjects[spread.pick(worker, seq)];
+                let idempotency_key = format!("baseline-{worker}-{seq}");
+                seq += 1;
+                let started = Instant::now();
+                let result = debit_pg(&mut client, &update, &insert, subject, &idempotency_key)
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                tally.record(&window, started, result);
+            }
+            anyhow::Ok(tally)
+        });
+    }
+    let mut tallies = Vec::with_capacity(PG_BASELINE_CLIENTS);
+    while let Some(joined) = tasks.join_next().await {
+        tallies.push(joined.context("a baseline worker failed")??);
+    }
+    Ok(Stats::new(Tally::merge(tallies), duration))
+}
+
+/// One debit as its own transaction: four round trips (BEGIN, UPDATE, INSERT, COMMIT).
+async fn debit_pg(
+    client: &mut tokio_postgres::Client,
+    update: &Statement,
+    insert: &Statement,
+    subject: &str,
+    idempotency_key: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(update, &[&subject]).await?;
+    tx.execute(insert, &[&subject, &idempotency_key]).await?;
+    tx.commit().await
+}
+
 // --- Measurement -------------------------------------------------------------------------
 
 /// The measured part of a workload: `duration` after the warm-up.
@@ -636,9 +1075,16 @@ impl From<&BenchArgs> for Settings {
     }
 }
 
+/// Which store the gateway ran on, and so which baseline ran.
+enum Backend {
+    Sqlite,
+    Postgres(PgInfo),
+}
+
 struct Summary {
     machine: Machine,
     settings: Settings,
+    backend: Backend,
     healthz: Stats,
     debits: Stats,
     store_only: Stats,
@@ -663,6 +1109,15 @@ impl Summary {
         };
         println!("## licenseseal bench\n");
         println!("Machine: {} (nproc {}).", m.cpu, m.nproc);
+        if let Backend::Postgres(pg) = &self.backend {
+            println!(
+                "Store: PostgreSQL {} at {}, fresh schema `{}` (dropped at the end), pool of {} connections.",
+                pg.version,
+                pg.server,
+                pg.schema,
+                PgConfig::default().pool_size_max
+            );
+        }
         println!(
             "{} connections, {} s measured after a {} s warm-up; debits of 1 {spread}.\n",
             s.connections, s.duration_secs, s.warm_up_secs
@@ -673,7 +1128,7 @@ impl Summary {
             ("`GET /healthz` over HTTP (ceiling)", &self.healthz),
             ("LicenseSeal debits over HTTP (`POST /v1/debits`)", &self.debits),
             ("LicenseSeal store only: the same debits without HTTP", &self.store_only),
-            ("Baseline: one SQLite transaction per debit (in-process, no HTTP)", &self.baseline),
+            (self.baseline_label().as_str(), &self.baseline),
         ] {
             println!(
                 "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
@@ -683,21 +1138,78 @@ impl Summary {
         println!();
         println!("- debits / healthz ceiling: {:.2}", self.debits_per_healthz());
         println!("- debits / baseline: {:.2}×", self.debits_per_baseline());
-        println!(
-            "- The baseline (WAL, `synchronous = FULL`, `BEGIN IMMEDIATE; SELECT; UPDATE; INSERT; \
-             COMMIT` on {} threads) runs in-process through rusqlite, without HTTP, JSON or \
-             authentication, which flatters it.",
-            s.connections
-        );
-        println!(
-            "- SQLite's write lock is not fair (waiters sleep and retry), so a few baseline threads \
-             win most commits: its percentiles describe the winners, its max the starved."
-        );
+        match &self.backend {
+            Backend::Sqlite => {
+                println!(
+                    "- The baseline (WAL, `synchronous = FULL`, `BEGIN IMMEDIATE; SELECT; UPDATE; INSERT; \
+                     COMMIT` on {} threads) runs in-process through rusqlite, without HTTP, JSON or \
+                     authentication, which flatters it.",
+                    s.connections
+                );
+                println!(
+                    "- SQLite's write lock is not fair (waiters sleep and retry), so a few baseline threads \
+                     win most commits: its percentiles describe the winners, its max the starved."
+                );
+            }
+            Backend::Postgres(pg) => Self::print_postgres_notes(s, pg),
+        }
         println!(
             "- Latencies are of requests completed inside the measured window; client and server \
              share the machine."
         );
         self.print_failures();
+    }
+
+    fn baseline_label(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite => "Baseline: one SQLite transaction per debit (in-process, no HTTP)".to_owned(),
+            Backend::Postgres(pg) => match pg.runner {
+                PgRunner::Pgbench => {
+                    format!("Baseline: one PostgreSQL transaction per debit (pgbench, {PG_BASELINE_CLIENTS} clients)")
+                }
+                PgRunner::TokioPostgres => format!(
+                    "Baseline: one PostgreSQL transaction per debit (in-process tokio-postgres, \
+                     {PG_BASELINE_CLIENTS} clients; pgbench not found)"
+                ),
+            },
+        }
+    }
+
+    fn print_postgres_notes(s: &Settings, pg: &PgInfo) {
+        let subjects = match (s.hot, pg.runner) {
+            (true, _) => "all on one subject".to_owned(),
+            (false, PgRunner::Pgbench) => format!("on a random one of {} subjects", s.subjects),
+            (false, PgRunner::TokioPostgres) => format!("round-robin over {} subjects", s.subjects),
+        };
+        let driver = match pg.runner {
+            PgRunner::Pgbench => format!(
+                "from {PG_BASELINE_CLIENTS} pgbench clients (`-M prepared -j {PGBENCH_THREADS}`, a separate \
+                 1 s warm-up run)"
+            ),
+            PgRunner::TokioPostgres => format!(
+                "from {PG_BASELINE_CLIENTS} in-process tokio-postgres connections (pgbench was not on the PATH)"
+            ),
+        };
+        println!(
+            "- The baseline (`BEGIN; UPDATE accounts SET balance = balance - 1 WHERE subject = $1; \
+             INSERT INTO events (subject, amount, idempotency_key) VALUES ($1, 1, $2); COMMIT`, \
+             READ COMMITTED, prepared statements) runs {driver}, {subjects}, in schema `{}` of the same \
+             server: no HTTP, JSON or authentication, no balance check and no idempotent replay, \
+             which flatters it.",
+            pg.baseline_schema
+        );
+        if let (PgRunner::Pgbench, Some(avg)) = (pg.runner, pg.latency_avg_ms) {
+            println!(
+                "- Baseline throughput is pgbench's tps (without initial connection time); its \
+                 percentiles come from pgbench's per-transaction log; pgbench's latency average: {avg:.3} ms."
+            );
+        }
+        println!(
+            "- The gateway is driven over {} HTTP connections and writes through {} pooled PostgreSQL \
+             connections with group commit; the baseline has {PG_BASELINE_CLIENTS} clients.",
+            s.connections,
+            PgConfig::default().pool_size_max
+        );
     }
 
     fn print_failures(&self) {
@@ -718,7 +1230,7 @@ impl Summary {
     }
 
     fn json(&self) -> serde_json::Value {
-        json!({
+        let mut summary = json!({
             "machine": self.machine,
             "settings": self.settings,
             "healthz": self.healthz,
@@ -727,6 +1239,18 @@ impl Summary {
             "baseline": self.baseline,
             "debits_per_healthz": self.debits_per_healthz(),
             "debits_per_baseline": self.debits_per_baseline(),
-        })
+        });
+        if let Backend::Postgres(pg) = &self.backend {
+            summary["store"] = json!({
+                "kind": "postgresql",
+                "version": pg.version,
+                "server": pg.server,
+                "pool_size_max": PgConfig::default().pool_size_max,
+            });
+            summary["baseline_kind"] = json!(pg.runner.name());
+            summary["baseline_clients"] = json!(PG_BASELINE_CLIENTS);
+            summary["baseline_latency_avg_ms"] = json!(pg.latency_avg_ms);
+        }
+        summary
     }
 }

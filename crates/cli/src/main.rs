@@ -79,11 +79,12 @@ fn open_store(data_dir: &Path, config: SqliteConfig) -> anyhow::Result<Arc<Sqlit
     Ok(Arc::new(store))
 }
 
-/// Creates the operator key; returns its plaintext, to be printed once.
-async fn create_operator_key(store: &dyn LedgerStore) -> anyhow::Result<String> {
+/// Initialises the store with an operator key; returns its plaintext, to be printed once, or
+/// `None` when the store was already initialised (possibly by another instance just now).
+async fn create_operator_key(store: &dyn LedgerStore) -> anyhow::Result<Option<String>> {
     let generated = ApiKeys::generate();
-    store.insert_api_key(generated.operator_record(SystemClock.now())).await?;
-    Ok(generated.secret)
+    let created = store.initialize(generated.operator_record(SystemClock.now())).await?;
+    Ok(created.then_some(generated.secret))
 }
 
 fn print_operator_key(secret: &str) {
@@ -124,15 +125,20 @@ async fn init(args: config::InitArgs) -> anyhow::Result<()> {
     let store = open_configured(&settings).await?;
     let secret = create_operator_key(store.as_ref()).await?;
     store.shutdown().await;
-    print_operator_key(&secret);
+    match secret {
+        Some(secret) => print_operator_key(&secret),
+        None => bail!(
+            "a LicenseSeal store already exists in {}; refusing to create another operator key",
+            settings.store_name()
+        ),
+    }
     Ok(())
 }
 
 async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     let settings = config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url)?;
     let store = open_configured(&settings).await?;
-    if !store.is_initialized().await? {
-        let secret = create_operator_key(store.as_ref()).await?;
+    if let Some(secret) = create_operator_key(store.as_ref()).await? {
         tracing::info!(store = %settings.store_name(), "initialised a new store; the operator key is printed once on stdout");
         print_operator_key(&secret);
     }

@@ -104,7 +104,7 @@ conformance! {
     let own = gw.post("/v1/debits", &bound, Some("d1"), json!({ "amount": 1 })).await;
     assert_eq!((own.status, own.str("subject")), (201, "alice".to_owned()));
     assert_eq!(gw.debit(&bound, "d2", "bob", 1).await.status, 403);
-    assert_eq!(gw.account(&bound, "bob").await.status, 404);
+    assert_eq!(gw.account(&bound, "bob").await.status, 403);
     assert_eq!(gw.get(&format!("/v1/events/{}", bob.str("event_id")), &bound).await.status, 404);
     let events = gw.all_events(&bound, "").await;
     assert!(events.iter().all(|e| e["subject"] == "alice"));
@@ -410,4 +410,48 @@ conformance! {
     assert_eq!(gw.call("GET", "/readyz", None, None, None).await.body["status"], "ready");
     gw.stop().await;
 }
+}
+
+conformance! {
+    async fn a_key_has_at_most_one_successor_even_under_concurrent_rotations(gw) {
+        let gw = std::sync::Arc::new(gw);
+        let t = gw.tenant().await;
+        let k = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "svc", "scopes": ["ledger.read"] })).await;
+        let path = format!("/v1/api-keys/{}/rotate", k.str("id"));
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (gw, key, path) = (gw.clone(), t.key.clone(), path.clone());
+                tokio::spawn(async move { gw.post(&path, &key, None, json!({ "grace_seconds": 60 })).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            let r = task.await.unwrap();
+            if r.status == 409 {
+                assert_eq!(r.body["code"], "key_already_rotated");
+            }
+            statuses.push(r.status);
+        }
+        assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
+        let again = gw.post(&path, &t.key, None, json!({})).await;
+        assert_eq!(again.status, 409);
+    }
+
+    async fn subjects_that_cannot_travel_in_a_path_are_refused(gw) {
+        let t = gw.tenant().await;
+        for subject in [".", ".."] {
+            let r = gw.grant(&t.key, "g", subject, 5).await;
+            assert_eq!(r.status, 400, "{subject}: {}", r.body);
+        }
+        assert_eq!(gw.grant(&t.key, "g", "a.b", 5).await.status, 201);
+    }
+
+    async fn balances_stay_within_what_json_clients_read_exactly(gw) {
+        let t = gw.tenant().await;
+        assert_eq!(gw.grant(&t.key, "g1", "rich", 9_007_199_254_740_991).await.status, 201);
+        let r = gw.grant(&t.key, "g2", "rich", 1).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (422, Some("balance_overflow")));
+        assert_eq!(gw.account(&t.key, "rich").await.i64("balance"), 9_007_199_254_740_991);
+    }
 }

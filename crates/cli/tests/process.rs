@@ -3,103 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::{get, post, sigterm, tenant, Served, BIN};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_licenseseal");
-
-/// A running `licenseseal serve` and what it printed.
-struct Served {
-    child: Child,
-    base: String,
-    operator_key: Option<String>,
-}
-
 fn serve(data_dir: &Path) -> Served {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("LICENSESEAL_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn licenseseal");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut base = None;
-    for line in stderr.by_ref() {
-        let line = line.expect("stderr line");
-        if let Some(addr) = line.split("listen=").nth(1) {
-            base = Some(format!("http://{}", addr.split_whitespace().next().unwrap()));
-            break;
-        }
-    }
-    let base = base.expect("the server logs its address");
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || stderr.for_each(drop));
-    // The operator key, if printed, is on stdout before the server listens.
-    let stdout = child.stdout.take().unwrap();
-    let operator_key = read_available_line(stdout);
-    Served { child, base, operator_key }
-}
-
-/// Reads one line from the child's stdout if one is there within a short time.
-fn read_available_line(stdout: std::process::ChildStdout) -> Option<String> {
-    let line = Arc::new(Mutex::new(None));
-    let slot = line.clone();
-    std::thread::spawn(move || {
-        let mut first = String::new();
-        if BufReader::new(stdout).read_line(&mut first).is_ok() && !first.is_empty() {
-            *slot.lock().unwrap() = Some(first);
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let text = line.lock().unwrap().clone()?;
-    let value: Value = serde_json::from_str(&text).expect("stdout is JSON");
-    Some(value["operator_key"].as_str().expect("operator_key").to_owned())
-}
-
-fn post(
-    client: &reqwest::blocking::Client,
-    base: &str,
-    path: &str,
-    key: &str,
-    idem: Option<&str>,
-    body: Value,
-) -> (u16, Value) {
-    let mut req = client.post(format!("{base}{path}")).bearer_auth(key).json(&body);
-    if let Some(idem) = idem {
-        req = req.header("idempotency-key", idem);
-    }
-    let resp = req.send().expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
-
-fn get(client: &reqwest::blocking::Client, base: &str, path: &str, key: &str) -> (u16, Value) {
-    let resp = client.get(format!("{base}{path}")).bearer_auth(key).send().expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
-
-/// A tenant with a key having every scope.
-fn tenant(client: &reqwest::blocking::Client, base: &str, operator: &str) -> String {
-    let (status, t) = post(client, base, "/v1/tenants", operator, None, json!({"name": "t"}));
-    assert_eq!(status, 201, "{t}");
-    let body = json!({"tenant_id": t["id"], "name": "k", "scopes": ["*"]});
-    let (status, k) = post(client, base, "/v1/api-keys", operator, None, body);
-    assert_eq!(status, 201, "{k}");
-    k["key"].as_str().unwrap().to_owned()
-}
-
-fn sigterm(child: &Child) {
-    let rc = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(rc.success());
+    common::process::serve(&["--data-dir", data_dir.to_str().expect("utf-8 path")])
 }
 
 #[test]
@@ -137,6 +50,15 @@ fn serve_initialises_an_empty_data_dir_and_stops_gracefully_on_sigterm() {
     let key = tenant(&client, &served.base, &operator);
     let (status, _) = post(&client, &served.base, "/v1/grants", &key, Some("g"), json!({"subject": "a", "amount": 10}));
     assert_eq!(status, 201);
+    // A second process on the same data directory is refused: one writer per store.
+    let second = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run a second serve");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another licenseseal process"));
     sigterm(&served.child);
     let mut child = served.child;
     let status = child.wait().unwrap();

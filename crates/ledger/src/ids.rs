@@ -5,7 +5,7 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("{what} must be 1–{max} characters of [A-Za-z0-9._:@-]")]
+    #[error("{what} must be 1–{max} characters of [A-Za-z0-9._:@-], not only dots")]
     Subject { what: &'static str, max: usize },
     #[error("idempotency key must be 1–255 printable ASCII characters")]
     IdempotencyKey,
@@ -73,8 +73,10 @@ string_id!(
 impl SubjectId {
     pub const MAX_LEN: usize = 128;
 
+    /// Subjects made only of dots (`.`, `..`) are refused: they cannot travel in a URL path.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(is_subject_char);
+        let ok =
+            (1..=Self::MAX_LEN).contains(&s.len()) && s.bytes().all(is_subject_char) && !s.bytes().all(|b| b == b'.');
         ok.then(|| SubjectId(s.to_owned())).ok_or(IdError::Subject { what: "subject", max: Self::MAX_LEN })
     }
 }
@@ -152,7 +154,7 @@ mod tests {
     fn subjects_follow_the_contract() {
         assert!(SubjectId::parse("user:42@acme.io-x_y").is_ok());
         assert!(SubjectId::parse(&"a".repeat(128)).is_ok());
-        for bad in ["", "a b", "ü", "a/b", "a\n", &"a".repeat(129)] {
+        for bad in ["", "a b", "ü", "a/b", "a\n", ".", "..", &"a".repeat(129)] {
             assert!(SubjectId::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -88,6 +88,8 @@ pub enum ApiError {
     Unprocessable { code: &'static str, detail: String },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("idempotency key reused with a different request")]
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::BadRequest { code, detail } => Problem::new(S::BAD_REQUEST, code, detail.clone()),
             ApiError::Unprocessable { code, detail } => Problem::new(S::UNPROCESSABLE_ENTITY, code, detail.clone()),
             ApiError::NotFound(what) => Problem::new(S::NOT_FOUND, "not_found", format!("no such {what}")),
+            ApiError::Conflict { code, detail } => Problem::new(S::CONFLICT, code, detail.clone()),
             ApiError::UnsupportedMediaType => Problem::for_status(S::UNSUPPORTED_MEDIA_TYPE),
             ApiError::KeyReused => Problem::new(
                 S::UNPROCESSABLE_ENTITY,

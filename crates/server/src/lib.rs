@@ -11,7 +11,7 @@ mod extract;
 mod routes;
 
 use std::collections::HashSet;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub page_size_max: u32,
     /// How often gathered API-key last-used times are written.
     pub last_used_flush_interval: Duration,
+    /// Longest wait for in-flight requests after a shutdown signal.
+    pub shutdown_drain_max: Duration,
     pub api_keys: ApiKeysConfig,
 }
 
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             page_size_default: 100,
             page_size_max: 1000,
             last_used_flush_interval: Duration::from_secs(10),
+            shutdown_drain_max: Duration::from_secs(30),
             api_keys: ApiKeysConfig::default(),
         }
     }
@@ -144,7 +147,22 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let flusher = tokio::spawn(flush_last_used(state.clone()));
     let app = router(state.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let (fired, on_fire) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = fired.send(());
+    };
+    let drain_max = state.config.shutdown_drain_max;
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    // Connections that never finish a request (a half-sent header) must not hold the process
+    // forever: after `drain_max` the remaining connections are closed.
+    tokio::select! {
+        served = server.into_future() => served?,
+        _ = async {
+            let _ = on_fire.await;
+            tokio::time::sleep(drain_max).await;
+        } => tracing::warn!(?drain_max, "in-flight connections did not finish in time; closing them"),
+    }
     flusher.abort();
     if let Err(e) = state.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not record api key last-used times at shutdown");

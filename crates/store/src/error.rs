@@ -36,7 +36,9 @@ impl From<tokio_postgres::Error> for StoreError {
         };
         use tokio_postgres::error::SqlState;
         let code = db.code();
-        if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        if *code == SqlState::UNIQUE_VIOLATION {
+            StoreError::Conflict(db.message().to_owned())
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
             StoreError::Contention(db.message().to_owned())
         } else if *code == SqlState::QUERY_CANCELED
             || *code == SqlState::ADMIN_SHUTDOWN
@@ -47,6 +49,18 @@ impl From<tokio_postgres::Error> for StoreError {
             StoreError::Unavailable(db.message().to_owned())
         } else {
             StoreError::Database(format!("{}: {}", code.code(), db.message()))
+        }
+    }
+}
+
+impl StoreError {
+    /// SQLite errors, with unique-constraint violations told apart as `Conflict`.
+    pub(crate) fn from_sqlite(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, msg) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::Conflict(msg.clone().unwrap_or_else(|| f.to_string()))
+            }
+            _ => StoreError::Sqlite(e),
         }
     }
 }

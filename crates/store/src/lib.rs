@@ -61,8 +61,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// Records last-used times, batched by the caller (never one write per request).
     async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError>;
 
-    /// True once `init` has created the operator key.
+    /// True once `initialize` has created the operator key.
     async fn is_initialized(&self) -> Result<bool, StoreError>;
+    /// Stores the first operator key, atomically with marking the store initialised; `false`
+    /// (and nothing written) when it already was, even if several instances race.
+    async fn initialize(&self, operator_key: ApiKeyRecord) -> Result<bool, StoreError>;
     /// A random secret created with the store (signs pagination cursors).
     async fn cursor_secret(&self) -> Result<[u8; 32], StoreError>;
     /// Cheap round trip for readiness.

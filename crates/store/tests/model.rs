@@ -1,10 +1,13 @@
-//! Model-based property test of the SQLite store.
+//! Model-based property test of both stores.
 //!
-//! Random sequences of ledger operations run against the real `SqliteStore` (in a temporary
-//! directory, with a `ManualClock` the test moves) and against a small reference model written
-//! here from the documented rules, independently of `licenseseal_ledger::decide`. Every
-//! response is compared as it comes back, and at the end every account's balance, available
-//! credit and event history.
+//! Random sequences of ledger operations run against a real store (with a `ManualClock` the
+//! test moves) and against a small reference model written here from the documented rules,
+//! independently of `licenseseal_ledger::decide`. Every response is compared as it comes
+//! back, and at the end every account's balance, available credit and event history.
+//!
+//! The same test code runs on each `Backend`: `model_sqlite` on a `SqliteStore` in a temporary
+//! directory, `model_postgres` on a `PgStore` in a fresh schema of the database named by
+//! `LICENSESEAL_TEST_DATABASE_URL` (skipped, saying so, when that is unset).
 //!
 //! The rules the model follows (see `crates/ledger/src/decide.rs`):
 //! - an account holds lots (id, priority, expires_at, created_at, remaining), a balance and an
@@ -31,10 +34,11 @@ use licenseseal_ledger::{
     AccountKey, Amount, Command, CommandKind, CreditType, EventId, EventKind, Fingerprint, IdempotencyKey, Outcome,
     RefusalCode, SignedAmount, SubjectId, TenantId, Timestamp,
 };
+use licenseseal_store::postgres::{PgConfig, PgStore};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, EventFilter, Execution, LedgerStore, ManualClock, Page, PolicyChange, StoreError};
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 const SUBJECTS: usize = 3;
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -81,8 +85,8 @@ enum Op {
         subject: usize,
         overdraft_limit: u64,
     },
-    /// Shuts the store down and opens it again on the same directory: everything must have
-    /// been persisted, not just cached.
+    /// Shuts the store down and opens it again on the same directory (SQLite) or schema
+    /// (PostgreSQL): everything must have been persisted, not just cached.
     Reopen,
     /// Re-sends the `pick % n`-th ledger command sent so far (skipped when there is none):
     /// with the same request, or with the same key and a different request.
@@ -429,10 +433,109 @@ struct Sent {
     outcome: Outcome,
 }
 
+/// Which store the test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const DATABASE_URL_VAR: &str = "LICENSESEAL_TEST_DATABASE_URL";
+
+/// The PostgreSQL test database, when one is configured.
+fn database_url() -> Option<String> {
+    std::env::var(DATABASE_URL_VAR).ok().filter(|u| !u.is_empty())
+}
+
+/// Where a store lives, so that `reopen` finds the same data again.
+enum Place {
+    Sqlite {
+        dir: tempfile::TempDir,
+        config: SqliteConfig,
+    },
+    Postgres {
+        /// The test database's URL with this case's schema on the search path.
+        url: String,
+        schema: String,
+        /// A connection to the test database outside the store, to drop the schema with.
+        admin: tokio_postgres::Client,
+    },
+}
+
+impl Place {
+    /// A new, empty place. `tiny_cache` only applies to SQLite.
+    async fn new(backend: Backend, tiny_cache: bool) -> Place {
+        match backend {
+            Backend::Sqlite => Place::Sqlite {
+                dir: tempfile::tempdir().expect("temp dir"),
+                config: SqliteConfig {
+                    readers_max: 2,
+                    account_cache_max: if tiny_cache { 1 } else { 100_000 },
+                    ..SqliteConfig::default()
+                },
+            },
+            Backend::Postgres => {
+                let base = database_url().unwrap_or_else(|| panic!("{DATABASE_URL_VAR} is not set"));
+                let (admin, schema, url) = fresh_schema(&base).await;
+                Place::Postgres { url, schema, admin }
+            }
+        }
+    }
+
+    /// Opens the store here (again).
+    async fn open(&self, clock: Arc<ManualClock>) -> Result<Box<dyn LedgerStore>, StoreError> {
+        Ok(match self {
+            Place::Sqlite { dir, config } => Box::new(SqliteStore::open(dir.path(), clock, config.clone())?),
+            Place::Postgres { url, .. } => Box::new(PgStore::connect(url, clock, PgConfig::default()).await?),
+        })
+    }
+
+    /// Removes what the case left behind (the temporary directory goes when dropped).
+    async fn remove(self) {
+        if let Place::Postgres { schema, admin, .. } = self {
+            if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await {
+                eprintln!("could not drop test schema {schema}: {e}");
+            }
+        }
+    }
+}
+
+/// A new, empty schema in the test database at `base`, as `crates/cli/tests/common` makes
+/// them: a client on `base`, the schema's name, and the URL with the schema on the search
+/// path. Schemas of earlier runs older than an hour are dropped first, once per process.
+async fn fresh_schema(base: &str) -> (tokio_postgres::Client, String, String) {
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{DATABASE_URL_VAR} is set but unreachable: {e}"));
+    tokio::spawn(connection);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    let mut clean = false;
+    CLEANED.call_once(|| clean = true);
+    if clean {
+        let rows = client
+            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ls\\_test\\_%'", &[])
+            .await
+            .expect("list schemas");
+        for row in rows {
+            let name: String = row.get(0);
+            let created: u64 = name.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+            if created + 3600 < now {
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+            }
+        }
+    }
+    let schema = format!("ls_test_{now}_{}", rand::random::<u32>());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    (client, schema, url)
+}
+
 struct Harness {
-    dir: tempfile::TempDir,
-    config: SqliteConfig,
-    store: SqliteStore,
+    place: Place,
+    /// `None` only between closing and reopening.
+    store: Option<Box<dyn LedgerStore>>,
     clock: Arc<ManualClock>,
     tenant: TenantId,
     model: Model,
@@ -506,27 +609,33 @@ fn store_err(e: StoreError) -> TestCaseError {
 }
 
 impl Harness {
-    /// A fresh store. With `tiny_cache` the writer forgets every account but the last one
-    /// touched, so most operations load their account from the database.
-    fn open(tiny_cache: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A fresh store on `backend`. With `tiny_cache` (SQLite only) the writer forgets every
+    /// account but the last one touched, so most operations load their account from the
+    /// database.
+    async fn open(backend: Backend, tiny_cache: bool) -> Self {
         let clock = Arc::new(ManualClock::new(Timestamp::from_micros(START_MICROS)));
-        let config = SqliteConfig {
-            readers_max: 2,
-            account_cache_max: if tiny_cache { 1 } else { 100_000 },
-            ..SqliteConfig::default()
-        };
-        let store = SqliteStore::open(dir.path(), clock.clone(), config.clone()).expect("open store");
+        let place = Place::new(backend, tiny_cache).await;
+        let store = place.open(clock.clone()).await.unwrap_or_else(|e| panic!("open the {backend:?} store: {e}"));
         Harness {
-            dir,
-            config,
-            store,
+            place,
+            store: Some(store),
             clock,
             tenant: TenantId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0042)),
             model: Model::new(START_MICROS),
             sent: Vec::new(),
             grants: Vec::new(),
             counter: 0,
+        }
+    }
+
+    fn store(&self) -> &dyn LedgerStore {
+        self.store.as_deref().expect("the store is open")
+    }
+
+    /// Shuts the store down and drops it.
+    async fn close(&mut self) {
+        if let Some(store) = self.store.take() {
+            store.shutdown().await;
         }
     }
 
@@ -557,7 +666,7 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         let key = IdempotencyKey::parse(&format!("key-{}", self.sent.len())).expect("valid key");
         let (command, correlation_id) = self.command(key.clone(), kind.clone());
-        let outcome = match self.store.execute(command).await.map_err(store_err)? {
+        let outcome = match self.store().execute(command).await.map_err(store_err)? {
             Execution::Fresh(outcome) => outcome,
             other => {
                 return Err(TestCaseError::fail(format!("a new idempotency key was not decided fresh: {other:?}")))
@@ -701,7 +810,7 @@ impl Harness {
             }
             Op::Policy { subject, overdraft_limit } => {
                 let change = PolicyChange { overdraft_limit: Some(overdraft_limit), max_debit_amount: None };
-                let view = self.store.set_policy(self.key(subject), change).await.map_err(store_err)?;
+                let view = self.store().set_policy(self.key(subject), change).await.map_err(store_err)?;
                 let acc = &mut self.model.accounts[subject];
                 acc.overdraft_limit = overdraft_limit;
                 // Setting a policy touches no lots: nothing is swept.
@@ -711,9 +820,9 @@ impl Harness {
                 Ok(())
             }
             Op::Reopen => {
-                self.store.shutdown().await;
-                self.store =
-                    SqliteStore::open(self.dir.path(), self.clock.clone(), self.config.clone()).map_err(store_err)?;
+                // Like a restart: the old store is shut down and gone before the new one opens.
+                self.close().await;
+                self.store = Some(self.place.open(self.clock.clone()).await.map_err(store_err)?);
                 Ok(())
             }
             Op::Retry { pick, same_request } => {
@@ -724,7 +833,7 @@ impl Harness {
                 let key = self.sent[i].key.clone();
                 let kind = if same_request { self.sent[i].kind.clone() } else { tweaked(&self.sent[i].kind) };
                 let (command, _) = self.command(key, kind);
-                let execution = self.store.execute(command).await.map_err(store_err)?;
+                let execution = self.store().execute(command).await.map_err(store_err)?;
                 if same_request {
                     let original = &self.sent[i].outcome;
                     match execution {
@@ -753,7 +862,7 @@ impl Harness {
         let mut total_events = 0;
         for subject in 0..SUBJECTS {
             let acc = &self.model.accounts[subject];
-            let view = self.store.account(&self.key(subject), None).await.map_err(store_err)?;
+            let view = self.store().account(&self.key(subject), None).await.map_err(store_err)?;
             let Some(view) = view else {
                 prop_assert!(
                     acc.log.is_empty() && acc.balance == 0 && acc.overdraft_limit == 0,
@@ -801,7 +910,7 @@ impl Harness {
         let mut after = None;
         loop {
             let page = Page { after, limit: 7 };
-            let rows = self.store.events(&self.tenant, filter, page).await.map_err(store_err)?;
+            let rows = self.store().events(&self.tenant, filter, page).await.map_err(store_err)?;
             let Some((last, _)) = rows.last() else {
                 break;
             };
@@ -817,8 +926,8 @@ impl Harness {
     }
 }
 
-async fn run_case(tiny_cache: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut h = Harness::open(tiny_cache);
+async fn run_case(backend: Backend, tiny_cache: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut h = Harness::open(backend, tiny_cache).await;
     let mut result = Ok(());
     for (i, op) in ops.iter().enumerate() {
         if let Err(e) = h.run(op).await {
@@ -829,27 +938,44 @@ async fn run_case(tiny_cache: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     if result.is_ok() {
         result = h.check_final().await;
     }
-    h.store.shutdown().await;
+    h.close().await;
+    h.place.remove().await;
     result
 }
 
-proptest! {
-    // 64 cases by default (a few seconds in debug builds); `PROPTEST_CASES=2000` for a soak.
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn store_matches_the_reference_model(
-        tiny_cache in any::<bool>(),
-        ops in prop::collection::vec(op_strategy(), 1..60),
-    ) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(run_case(tiny_cache, ops))?;
+/// Runs the property on `backend`: `default_cases` random cases unless `PROPTEST_CASES` says
+/// otherwise (`PROPTEST_CASES=2000` for a soak).
+fn check_backend(backend: Backend, default_cases: u32) {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default_cases);
+    let config = ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() };
+    let tiny_cache = match backend {
+        Backend::Sqlite => any::<bool>().boxed(),
+        Backend::Postgres => Just(false).boxed(),
+    };
+    let strategy = (tiny_cache, prop::collection::vec(op_strategy(), 1..60));
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&strategy, |(tiny_cache, ops)| {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+        rt.block_on(run_case(backend, tiny_cache, ops))
+    });
+    if let Err(e) = result {
+        panic!("{backend:?}: {e}\n{runner}");
     }
+}
+
+/// 64 cases by default (a few seconds in debug builds).
+#[test]
+fn model_sqlite() {
+    check_backend(Backend::Sqlite, 64);
+}
+
+/// 24 cases by default: every operation is a round trip to the server.
+#[test]
+fn model_postgres() {
+    if database_url().is_none() {
+        eprintln!("SKIPPED: PostgreSQL variant (set {DATABASE_URL_VAR} to run it)");
+        return;
+    }
+    check_backend(Backend::Postgres, 24);
 }

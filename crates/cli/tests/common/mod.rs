@@ -112,21 +112,35 @@ impl Reply {
 impl Gateway {
     /// A gateway on `backend`, or `None` for PostgreSQL when no test database is configured.
     pub async fn start_on(backend: Backend) -> Option<Gateway> {
-        let config = ServerConfig { last_used_flush_interval: Duration::from_millis(100), ..ServerConfig::default() };
+        match backend {
+            Backend::Sqlite => Some(Gateway::start_sqlite().await),
+            Backend::Postgres => Some(Gateway::start_postgres(&fresh_schema_url().await?, PgConfig::default()).await),
+        }
+    }
+
+    pub async fn start_sqlite() -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
-        let store: Arc<dyn LedgerStore> = match backend {
-            Backend::Sqlite => {
-                Arc::new(SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store"))
-            }
-            Backend::Postgres => Arc::new(
-                PgStore::connect(&fresh_schema_url().await?, clock.clone(), PgConfig::default())
-                    .await
-                    .expect("open the PostgreSQL store"),
-            ),
-        };
+        let store = SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store");
+        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir).await
+    }
+
+    /// A gateway on the PostgreSQL database at `url` (e.g. a fresh schema, or a proxy to one).
+    pub async fn start_postgres(url: &str, config: PgConfig) -> Gateway {
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let store = PgStore::connect(url, clock.clone(), config).await.expect("open the PostgreSQL store");
+        Gateway::start_with(Arc::new(store), clock, Backend::Postgres, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    async fn start_with(
+        store: Arc<dyn LedgerStore>,
+        clock: Arc<ManualClock>,
+        backend: Backend,
+        dir: tempfile::TempDir,
+    ) -> Gateway {
+        let config = ServerConfig { last_used_flush_interval: Duration::from_millis(100), ..ServerConfig::default() };
         let generated = ApiKeys::generate();
-        store.insert_api_key(generated.operator_record(clock.now())).await.expect("operator key");
+        assert!(store.initialize(generated.operator_record(clock.now())).await.expect("operator key"));
         let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -137,7 +151,7 @@ impl Gateway {
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
         let shutdown = Some(tx);
         let task = Some(task);
-        Some(Gateway { base, operator_key: generated.secret, http, clock, store, backend, dir, shutdown, task })
+        Gateway { base, operator_key: generated.secret, http, clock, store, backend, dir, shutdown, task }
     }
 
     /// Stops the server gracefully and waits for it.
@@ -260,6 +274,8 @@ impl Gateway {
 
 /// The URL of a new, empty schema in the test database (`None` when none is configured).
 /// Schemas of earlier runs older than an hour are dropped first, once per test process.
+pub mod process;
+
 pub async fn fresh_schema_url() -> Option<String> {
     let base = std::env::var("LICENSESEAL_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
     let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)

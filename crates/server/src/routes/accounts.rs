@@ -61,10 +61,7 @@ pub async fn get(
     Path(subject): Path<String>,
     Query(query): Query<AccountQuery>,
 ) -> Result<Json<AccountBody>, ApiError> {
-    let subject = parse_subject(&subject)?;
-    if principal.subject.as_ref().is_some_and(|bound| *bound != subject) {
-        return Err(ApiError::NotFound("account"));
-    }
+    let subject = subject_of(&principal, Some(&parse_subject(&subject)?))?;
     let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
     let key = AccountKey { tenant_id, subject, credit_type: query.credit_type.unwrap_or_default() };
     let view = state.store.account(&key, query.as_of).await?.ok_or(ApiError::NotFound("account"))?;

@@ -179,7 +179,14 @@ pub async fn rotate(
     let mut record =
         generated.record(old.tenant_id.clone(), old.name.clone(), old.scopes, old.subject.clone(), old.expires_at, now);
     record.rotated_from = Some(old.id.clone());
-    state.store.insert_api_key(record.clone()).await?;
+    // The store allows one successor per key, so concurrent rotations produce exactly one.
+    state.store.insert_api_key(record.clone()).await.map_err(|e| match e {
+        licenseseal_store::StoreError::Conflict(_) => ApiError::Conflict {
+            code: "key_already_rotated",
+            detail: "this key was already rotated; rotate its successor instead".into(),
+        },
+        other => other.into(),
+    })?;
     state.store.retire_api_key(&old.id, now.plus_seconds(i64::from(grace)), false).await?;
     state.keys.invalidate();
     Ok((StatusCode::CREATED, Json(KeyBody::new(record, Some(generated.secret)))))

@@ -180,6 +180,28 @@ async fn with_retries(
     }
 }
 
+async fn insert_key(tx: &tokio_postgres::Transaction<'_>, key: &ApiKeyRecord) -> Result<(), StoreError> {
+    tx.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &key.id.as_str(),
+                &key.tenant_id.as_ref().map(TenantId::as_str),
+                &key.name,
+                &key.prefix,
+                &&key.hash[..],
+                &scopes_json(key.scopes),
+                &key.subject.as_ref().map(|s| s.as_str()),
+                &key.expires_at.map(Timestamp::micros),
+                &key.revoked_at.map(Timestamp::micros),
+                &key.created_at.micros(),
+                &key.rotated_from.as_ref().map(KeyId::as_str),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_micros)
 }
@@ -362,30 +384,23 @@ impl LedgerStore for PgStore {
     async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &key.id.as_str(),
-                &key.tenant_id.as_ref().map(TenantId::as_str),
-                &key.name,
-                &key.prefix,
-                &&key.hash[..],
-                &scopes_json(key.scopes),
-                &key.subject.as_ref().map(|s| s.as_str()),
-                &key.expires_at.map(Timestamp::micros),
-                &key.revoked_at.map(Timestamp::micros),
-                &key.created_at.micros(),
-                &key.rotated_from.as_ref().map(KeyId::as_str),
-            ],
-        )
-        .await?;
-        if key.tenant_id.is_none() {
-            tx.execute("INSERT INTO meta (key, value) VALUES ('initialized', '\\x01') ON CONFLICT DO NOTHING", &[])
-                .await?;
-        }
+        insert_key(&tx, &key).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn initialize(&self, operator_key: ApiKeyRecord) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let marked = tx
+            .execute("INSERT INTO meta (key, value) VALUES ('initialized', '\\x01') ON CONFLICT DO NOTHING", &[])
+            .await?;
+        if marked == 0 {
+            return Ok(false);
+        }
+        insert_key(&tx, &operator_key).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {

@@ -54,6 +54,9 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     clock: Arc<dyn Clock>,
+    /// Held for the store's lifetime: one process per data directory, since the writer's
+    /// cache assumes it is the only writer.
+    _lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -64,8 +67,7 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the store in `data_dir` and starts its writer.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, config: SqliteConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create data directory: {e}")))?;
+        let lock = lock_data_dir(data_dir)?;
         let path = Self::database_path(data_dir);
         let mut conn = Connection::open(&path)?;
         schema::configure(&conn)?;
@@ -92,6 +94,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             reader_permits: Semaphore::new(config.readers_max),
             clock,
+            _lock: lock,
         })
     }
 
@@ -157,6 +160,35 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?;
         self.readers.lock().push(conn);
         result
+    }
+}
+
+/// Creates the data directory (owner-only on Unix) and takes its exclusive lock, refusing a
+/// second process on the same directory.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let io = |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what} {}: {e}", data_dir.display()));
+    if !data_dir.exists() {
+        std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create data directory", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("cannot restrict data directory", e))?;
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("licenseseal.lock"))
+        .map_err(|e| io("cannot open the lock file in", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "another licenseseal process is using the data directory {}",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io("cannot lock the data directory", e)),
     }
 }
 
@@ -316,13 +348,27 @@ impl LedgerStore for SqliteStore {
                     key.created_at.micros(),
                     key.rotated_from.as_ref().map(KeyId::as_str),
                 ],
-            )?;
-            if key.tenant_id.is_none() {
-                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('initialized', 1)", [])?;
-            }
+            )
+            .map_err(StoreError::from_sqlite)?;
             Ok(())
         })
         .await
+    }
+
+    async fn initialize(&self, operator_key: ApiKeyRecord) -> Result<bool, StoreError> {
+        if self.is_initialized().await? {
+            return Ok(false);
+        }
+        let marked = self
+            .admin(|conn, _, _| {
+                Ok(conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('initialized', 1)", [])?)
+            })
+            .await?;
+        if marked == 0 {
+            return Ok(false);
+        }
+        self.insert_api_key(operator_key).await?;
+        Ok(true)
     }
 
     async fn api_key_by_hash(&self, hash: [u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
         rotated_from TEXT
     );
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, seq);
+    CREATE UNIQUE INDEX api_keys_one_successor ON api_keys (rotated_from);
     CREATE TABLE accounts (
         tenant_id        TEXT NOT NULL,
         subject          TEXT NOT NULL,
