@@ -54,9 +54,9 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     clock: Arc<dyn Clock>,
-    /// Held for the store's lifetime: one process per data directory, since the writer's
-    /// cache assumes it is the only writer.
-    _lock: std::fs::File,
+    /// Held until shutdown: one process per data directory, since the writer's cache assumes
+    /// it is the only writer.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -94,7 +94,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             reader_permits: Semaphore::new(config.readers_max),
             clock,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -464,5 +464,7 @@ impl LedgerStore for SqliteStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // The last commit is done: another store may now open the directory.
+        drop(self.lock.lock().take());
     }
 }
