@@ -684,7 +684,8 @@ async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 
 /// Drops the bench schemas; a failure is reported, not returned, so that results still print.
 async fn drop_schemas(url: &str, server: &str, schemas: [&str; 2]) {
-    let sql: String = schemas.iter().map(|s| format!("DROP SCHEMA IF EXISTS {s} CASCADE;")).collect();
+    let drops: String = schemas.iter().map(|s| format!("DROP SCHEMA IF EXISTS {s} CASCADE;")).collect();
+    let sql = format!("SET client_min_messages = warning; {drops}");
     let dropped = tokio::time::timeout(PG_DROP_TIMEOUT, async {
         pg_connect(url).await?.batch_execute(&sql).await?;
         anyhow::Ok(())
