@@ -41,16 +41,30 @@ pub(crate) fn lock_id(key: &AccountKey) -> i64 {
 
 /// Takes the advisory locks of `keys` in ascending id order inside the open transaction.
 pub(crate) async fn lock_accounts<'a>(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     keys: impl IntoIterator<Item = &'a AccountKey>,
 ) -> Result<(), StoreError> {
     let mut ids: Vec<i64> = keys.into_iter().map(lock_id).collect();
     ids.sort_unstable();
     ids.dedup();
     if !ids.is_empty() {
-        tx.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", &[&ids]).await?;
+        execute(tx, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", &[&ids]).await?;
     }
     Ok(())
+}
+
+/// A pooled connection's transaction; its statements are prepared once per connection.
+pub(crate) type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Runs `sql` as a statement prepared once per connection (no parse round trip after that).
+pub(crate) async fn query(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&statement, params).await?)
+}
+
+pub(crate) async fn execute(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&statement, params).await?)
 }
 
 /// Where a command lands: an account, or a refusal decided before any account is involved.
@@ -100,22 +114,23 @@ pub(crate) async fn run_batch(
     let read_params_1: [&(dyn ToSql + Sync); 3] = [&kt, &ks, &kc];
     let read_params_2: [&(dyn ToSql + Sync); 4] = [&kt, &ks, &kc, &lot_ids];
     let read_params_3: [&(dyn ToSql + Sync); 1] = [&refund_ids];
-    let (idem_rows, account_rows, lot_rows, refunded_rows) = tokio::try_join!(
-        tx.query(
+    let (idem_rows, account_rows, lot_rows, refunded_rows) =
+        tokio::try_join!(
+        query(&tx,
             "SELECT i.tenant_id, i.key, i.fingerprint, i.refusal, i.balance, i.available, e.body
              FROM idempotency i
              JOIN unnest($1::text[], $2::text[]) AS k(t, k) ON i.tenant_id = k.t AND i.key = k.k
              LEFT JOIN events e ON e.id = i.event_id",
             &read_params_0,
         ),
-        tx.query(
+        query(&tx,
             "SELECT a.tenant_id, a.subject, a.credit_type, a.balance, a.held, a.overdraft_limit, a.max_debit_amount
              FROM accounts a
              JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
                ON a.tenant_id = k.t AND a.subject = k.s AND a.credit_type = k.c",
             &read_params_1,
         ),
-        tx.query(
+        query(&tx,
             "SELECT l.id, l.tenant_id, l.subject, l.credit_type, l.priority, l.expires_at, l.created_at, l.remaining
              FROM lots l
              JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c)
@@ -126,7 +141,7 @@ pub(crate) async fn run_batch(
              FROM lots WHERE id = ANY($4)",
             &read_params_2,
         ),
-        tx.query(
+        query(&tx,
             "SELECT refund_of, SUM(amount)::BIGINT FROM events WHERE refund_of = ANY($1) GROUP BY refund_of",
             &read_params_3,
         ),
@@ -223,15 +238,12 @@ fn target(cmd: &Command, debits: &HashMap<String, Event>) -> Target {
     }
 }
 
-pub(crate) async fn load_events(
-    tx: &tokio_postgres::Transaction<'_>,
-    ids: &[&str],
-) -> Result<HashMap<String, Event>, StoreError> {
+pub(crate) async fn load_events(tx: &Tx<'_>, ids: &[&str]) -> Result<HashMap<String, Event>, StoreError> {
     let mut events = HashMap::new();
     if ids.is_empty() {
         return Ok(events);
     }
-    for row in tx.query("SELECT tenant_id, body FROM events WHERE id = ANY($1)", &[&ids]).await? {
+    for row in query(tx, "SELECT tenant_id, body FROM events WHERE id = ANY($1)", &[&ids]).await? {
         let event = event_from_row(row.get(0), row.get(1))?;
         events.insert(event.id.to_string(), event);
     }
@@ -328,7 +340,7 @@ struct Writes<'a> {
 impl Writes<'_> {
     async fn flush(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Tx<'_>,
         before: &HashMap<AccountKey, AccountState>,
         after: &HashMap<AccountKey, AccountState>,
         now: Timestamp,
@@ -422,20 +434,20 @@ impl Writes<'_> {
         let write_params_3: [&(dyn ToSql + Sync); 8] =
             [&id_t, &id_k, &id_fp, &id_refusal, &id_event, &id_bal, &id_avail, &now_us];
         let (_, _, _, inserted) = tokio::try_join!(
-            tx.execute(
+            execute(tx,
                 "INSERT INTO events (id, tenant_id, subject, credit_type, kind, amount, delta, balance_after, created_at, refund_of, body)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                                       $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[])",
                 &write_params_0,
             ),
-            tx.execute(
+            execute(tx,
                 "INSERT INTO lots (id, tenant_id, subject, credit_type, priority, expires_at, created_at, remaining)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[],
                                       $7::bigint[], $8::bigint[])
                  ON CONFLICT (id) DO UPDATE SET remaining = EXCLUDED.remaining",
                 &write_params_1,
             ),
-            tx.execute(
+            execute(tx,
                 "INSERT INTO accounts (tenant_id, subject, credit_type, balance, held, overdraft_limit, max_debit_amount, created_at, updated_at)
                  SELECT t, s, c, b, h, o, m, $8, $8
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
@@ -445,7 +457,7 @@ impl Writes<'_> {
                    max_debit_amount = EXCLUDED.max_debit_amount, updated_at = EXCLUDED.updated_at",
                 &write_params_2,
             ),
-            tx.execute(
+            execute(tx,
                 "INSERT INTO idempotency (tenant_id, key, fingerprint, refusal, event_id, balance, available, created_at)
                  SELECT t, k, f, r, e, b, a, $8
                  FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
