@@ -37,7 +37,7 @@ use licenseseal_ledger::{
     Amount, Command, CommandKind, CreditType, Fingerprint, IdempotencyKey, Outcome, SubjectId, TenantId,
 };
 use licenseseal_server::{AppState, ServerConfig};
-use licenseseal_store::postgres::{PgConfig, PgStore};
+use licenseseal_store::postgres::{scratch, PgConfig, PgStore};
 use licenseseal_store::sqlite::SqliteConfig;
 use licenseseal_store::{Clock, Execution, LedgerStore, SystemClock};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -620,7 +620,7 @@ async fn postgres_phases(
     spread: Spread,
     duration: Duration,
 ) -> anyhow::Result<(Measured, PgRunner, Option<f64>)> {
-    let store = PgStore::connect(&with_search_path(url, schema), Arc::new(SystemClock), PgConfig::default())
+    let store = PgStore::connect(&scratch::with_search_path(url, schema), Arc::new(SystemClock), PgConfig::default())
         .await
         .context("cannot open the PostgreSQL store")?;
     let gateway = start_gateway(Arc::new(store), &format!("PostgreSQL store in schema {schema}")).await?;
@@ -628,7 +628,7 @@ async fn postgres_phases(
     gateway.stop().await?;
     let (healthz, debits, store_only) = measured?;
 
-    let baseline_url = with_search_path(url, baseline_schema);
+    let baseline_url = scratch::with_search_path(url, baseline_schema);
     seed_pg_baseline(&baseline_url, subjects).await?;
     let (baseline, runner, latency_avg_ms) = match find_on_path("pgbench") {
         Some(pgbench) => {
@@ -660,16 +660,6 @@ fn describe_server(url: &str) -> anyhow::Result<String> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
     Ok(format!("{host}:{port}/{database}"))
-}
-
-/// The connection string with `search_path` set to `schema` for every connection.
-fn with_search_path(url: &str, schema: &str) -> String {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}options=-c%20search_path%3D{schema}")
-    } else {
-        format!("{url} options='-c search_path={schema}'")
-    }
 }
 
 async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {

@@ -34,7 +34,7 @@ use licenseseal_ledger::{
     AccountKey, Amount, Command, CommandKind, CreditType, EventId, EventKind, Fingerprint, IdempotencyKey, Outcome,
     RefusalCode, SignedAmount, SubjectId, TenantId, Timestamp,
 };
-use licenseseal_store::postgres::{PgConfig, PgStore};
+use licenseseal_store::postgres::{scratch, PgConfig, PgStore};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, EventFilter, Execution, LedgerStore, ManualClock, Page, PolicyChange, StoreError};
 use proptest::prelude::*;
@@ -458,7 +458,8 @@ enum Place {
         url: String,
         schema: String,
         /// A connection to the test database outside the store, to drop the schema with.
-        admin: tokio_postgres::Client,
+        /// The database the schema lives in.
+        base: String,
     },
 }
 
@@ -476,8 +477,10 @@ impl Place {
             },
             Backend::Postgres => {
                 let base = database_url().unwrap_or_else(|| panic!("{DATABASE_URL_VAR} is not set"));
-                let (admin, schema, url) = fresh_schema(&base).await;
-                Place::Postgres { url, schema, admin }
+                let (schema, url) = scratch::create(&base, "ls_test")
+                    .await
+                    .unwrap_or_else(|e| panic!("{DATABASE_URL_VAR} is set but unusable: {e}"));
+                Place::Postgres { url, schema, base }
             }
         }
     }
@@ -492,44 +495,12 @@ impl Place {
 
     /// Removes what the case left behind (the temporary directory goes when dropped).
     async fn remove(self) {
-        if let Place::Postgres { schema, admin, .. } = self {
-            if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await {
+        if let Place::Postgres { schema, base, .. } = self {
+            if let Err(e) = scratch::drop(&base, &schema).await {
                 eprintln!("could not drop test schema {schema}: {e}");
             }
         }
     }
-}
-
-/// A new, empty schema in the test database at `base`, as `crates/cli/tests/common` makes
-/// them: a client on `base`, the schema's name, and the URL with the schema on the search
-/// path. Schemas of earlier runs older than an hour are dropped first, once per process.
-async fn fresh_schema(base: &str) -> (tokio_postgres::Client, String, String) {
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("{DATABASE_URL_VAR} is set but unreachable: {e}"));
-    tokio::spawn(connection);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
-    static CLEANED: std::sync::Once = std::sync::Once::new();
-    let mut clean = false;
-    CLEANED.call_once(|| clean = true);
-    if clean {
-        let rows = client
-            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ls\\_test\\_%'", &[])
-            .await
-            .expect("list schemas");
-        for row in rows {
-            let name: String = row.get(0);
-            let created: u64 = name.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
-            if created + 3600 < now {
-                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
-            }
-        }
-    }
-    let schema = format!("ls_test_{now}_{}", rand::random::<u32>());
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    (client, schema, url)
 }
 
 struct Harness {

@@ -272,35 +272,13 @@ impl Gateway {
     }
 }
 
-/// The URL of a new, empty schema in the test database (`None` when none is configured).
-/// Schemas of earlier runs older than an hour are dropped first, once per test process.
 pub mod process;
 
+/// The URL of a new, empty schema in the test database (`None` when none is configured).
 pub async fn fresh_schema_url() -> Option<String> {
     let base = std::env::var("LICENSESEAL_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+    let (_, url) = licenseseal_store::postgres::scratch::create(&base, "ls_test")
         .await
-        .unwrap_or_else(|e| panic!("LICENSESEAL_TEST_DATABASE_URL is set but unreachable: {e}"));
-    tokio::spawn(connection);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    static CLEANED: std::sync::Once = std::sync::Once::new();
-    let mut clean = false;
-    CLEANED.call_once(|| clean = true);
-    if clean {
-        let rows = client
-            .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ls\\_test\\_%'", &[])
-            .await
-            .expect("list schemas");
-        for row in rows {
-            let name: String = row.get(0);
-            let created: u64 = name.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
-            if created + 3600 < now {
-                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
-            }
-        }
-    }
-    let schema = format!("ls_test_{now}_{}", rand::random::<u32>());
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{separator}options=-c%20search_path%3D{schema}"))
+        .unwrap_or_else(|e| panic!("LICENSESEAL_TEST_DATABASE_URL is set but unusable: {e}"));
+    Some(url)
 }

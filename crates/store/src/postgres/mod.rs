@@ -4,6 +4,7 @@
 
 mod batch;
 mod schema;
+pub mod scratch;
 
 use std::sync::Arc;
 use std::time::Duration;
