@@ -4,8 +4,8 @@
 use std::panic::AssertUnwindSafe;
 
 use licenseseal_ledger::{
-    decide, sweep_expired, AccountKey, AccountState, Command, Context, DebitRecord, Event, EventId, Lot, Outcome,
-    Timestamp,
+    decide, sweep_expired, AccountKey, AccountState, Command, CommandKind, Context, DebitRecord, Event, EventId,
+    EventKind, Lot, Outcome, Refusal, RefusalCode, Timestamp,
 };
 
 use crate::StoreError;
@@ -46,6 +46,35 @@ pub(crate) fn apply(
         return Err(StoreError::Corrupt("balance does not equal the sum of event deltas".into()));
     }
     Ok(applied)
+}
+
+/// The account a command acts on. A refund finds it through its debit (`refunded`, the debit
+/// loaded by id for the command's tenant, if any; `refunded` is left 0 for the caller to
+/// fill); naming no debit of this tenant is a refusal, stored like any other outcome.
+pub(crate) fn target(cmd: &Command, refunded: Option<&Event>) -> Result<(AccountKey, Option<DebitRecord>), Refusal> {
+    let refuse = |code, detail: &str| Refusal {
+        code,
+        detail: detail.to_owned(),
+        available: None,
+        correlation_id: cmd.correlation_id.clone(),
+    };
+    let (subject, credit_type, debit) = match (&cmd.kind, refunded) {
+        (CommandKind::Refund { .. }, Some(event)) if event.tenant_id.as_ref() == Some(&cmd.tenant_id) => {
+            if event.kind != EventKind::Debit {
+                return Err(refuse(RefusalCode::NotADebit, "refund_of must name a debit event"));
+            }
+            let debit = DebitRecord { event: event.clone(), refunded: 0 };
+            (event.subject.clone(), event.credit_type.clone(), Some(debit))
+        }
+        (CommandKind::Refund { .. }, _) => {
+            return Err(refuse(RefusalCode::EventNotFound, "refund_of names no event of this tenant"))
+        }
+        (kind, _) => {
+            let (subject, credit_type) = kind.account().expect("non-refund commands name their account");
+            (subject.clone(), credit_type.clone(), None)
+        }
+    };
+    Ok((AccountKey { tenant_id: cmd.tenant_id.clone(), subject, credit_type }, debit))
 }
 
 /// The lots of `after` whose remaining credit differs from `before` (new lots included).

@@ -18,8 +18,7 @@ use deadpool_postgres::Pool;
 use licenseseal_ledger::idempotency::decide_idempotency;
 use licenseseal_ledger::{
     AccountKey, AccountPolicy, AccountState, Applied, Command, CommandKind, CreditType, DebitRecord, Event, EventId,
-    EventKind, IdempotencyDecision, IdempotencyKey, Lot, Outcome, Refusal, RefusalCode, StoredOutcome, SubjectId,
-    TenantId, Timestamp,
+    IdempotencyDecision, IdempotencyKey, Lot, Outcome, Refusal, StoredOutcome, SubjectId, TenantId, Timestamp,
 };
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
@@ -169,9 +168,7 @@ pub(crate) async fn run_batch(
             IdempotencyDecision::Fresh => {}
         }
         let outcome = match target {
-            Target::Refused(refusal) => {
-                Outcome::Refused(Refusal { correlation_id: cmd.correlation_id.clone(), ..refusal.clone() })
-            }
+            Target::Refused(refusal) => Outcome::Refused(refusal.clone()),
             Target::Account(key, debit) => {
                 if let Some(debit) = debit.as_mut() {
                     debit.refunded = refunded.get(debit.event.id.as_str()).copied().unwrap_or(0);
@@ -208,33 +205,13 @@ pub(crate) async fn run_batch(
 }
 
 fn target(cmd: &Command, debits: &HashMap<String, Event>) -> Target {
-    let refused = |code, detail: &str| {
-        Target::Refused(Refusal { code, detail: detail.to_owned(), available: None, correlation_id: String::new() })
+    let refunded = match &cmd.kind {
+        CommandKind::Refund { refund_of, .. } => debits.get(refund_of.as_str()),
+        _ => None,
     };
-    match &cmd.kind {
-        CommandKind::Refund { refund_of, .. } => match debits.get(refund_of.as_str()) {
-            Some(event) if event.tenant_id.as_ref() == Some(&cmd.tenant_id) => {
-                if event.kind != EventKind::Debit {
-                    return refused(RefusalCode::NotADebit, "refund_of must name a debit event");
-                }
-                let key = AccountKey {
-                    tenant_id: cmd.tenant_id.clone(),
-                    subject: event.subject.clone(),
-                    credit_type: event.credit_type.clone(),
-                };
-                Target::Account(key, Some(DebitRecord { event: event.clone(), refunded: 0 }))
-            }
-            _ => refused(RefusalCode::EventNotFound, "refund_of names no event of this tenant"),
-        },
-        kind => {
-            let (subject, credit_type) = kind.account().expect("non-refund commands name their account");
-            let key = AccountKey {
-                tenant_id: cmd.tenant_id.clone(),
-                subject: subject.clone(),
-                credit_type: credit_type.clone(),
-            };
-            Target::Account(key, None)
-        }
+    match crate::apply::target(cmd, refunded) {
+        Ok((key, debit)) => Target::Account(key, debit),
+        Err(refusal) => Target::Refused(refusal),
     }
 }
 

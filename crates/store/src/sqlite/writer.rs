@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use licenseseal_ledger::idempotency::decide_idempotency;
 use licenseseal_ledger::{
-    AccountKey, AccountState, Applied, Command, CommandKind, DebitRecord, EventId, EventKind, IdempotencyDecision,
-    Outcome, Refusal, RefusalCode, StoredOutcome, Timestamp,
+    AccountKey, AccountState, Applied, Command, CommandKind, DebitRecord, EventId, IdempotencyDecision, Outcome,
+    Refusal, StoredOutcome, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -201,21 +201,17 @@ impl Writer {
             IdempotencyDecision::KeyReusedWithDifferentRequest => return Ok(Execution::KeyReusedWithDifferentRequest),
             IdempotencyDecision::Fresh => {}
         }
-        let (key, debit) = match &cmd.kind {
-            CommandKind::Refund { refund_of, .. } => match self.debit_record(cmd, refund_of)? {
-                Ok((key, record)) => (key, Some(record)),
-                Err(refusal) => return self.store_refusal(cmd, now, refusal),
-            },
-            kind => {
-                let (subject, credit_type) = kind.account().expect("non-refund commands name their account");
-                let key = AccountKey {
-                    tenant_id: cmd.tenant_id.clone(),
-                    subject: subject.clone(),
-                    credit_type: credit_type.clone(),
-                };
-                (key, None)
-            }
+        let refunded = match &cmd.kind {
+            CommandKind::Refund { refund_of, .. } => load_event(&self.conn, &cmd.tenant_id, refund_of)?,
+            _ => None,
         };
+        let (key, mut debit) = match crate::apply::target(cmd, refunded.as_ref()) {
+            Ok(target) => target,
+            Err(refusal) => return self.store_refusal(cmd, now, refusal),
+        };
+        if let Some(debit) = debit.as_mut() {
+            debit.refunded = self.refunded(&debit.event.id)?;
+        }
         let mut state = self.account_state(&key)?;
         if let Some(debit) = &debit {
             self.load_refund_lots(&mut state, debit)?;
@@ -243,31 +239,11 @@ impl Writer {
         Ok(Execution::Fresh(outcome))
     }
 
-    fn debit_record(
-        &self,
-        cmd: &Command,
-        refund_of: &EventId,
-    ) -> Result<Result<(AccountKey, DebitRecord), Refusal>, StoreError> {
-        let not_found = |code, detail: &str| {
-            let correlation_id = cmd.correlation_id.clone();
-            Ok(Err(Refusal { code, detail: detail.to_owned(), available: None, correlation_id }))
-        };
-        let Some(event) = load_event(&self.conn, &cmd.tenant_id, refund_of)? else {
-            return not_found(RefusalCode::EventNotFound, "refund_of names no event of this tenant");
-        };
-        if event.kind != EventKind::Debit {
-            return not_found(RefusalCode::NotADebit, "refund_of must name a debit event");
-        }
-        let refunded: i64 = self
-            .conn
-            .prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM events WHERE refund_of = ?1")?
-            .query_row([refund_of.as_str()], |r| r.get(0))?;
-        let key = AccountKey {
-            tenant_id: cmd.tenant_id.clone(),
-            subject: event.subject.clone(),
-            credit_type: event.credit_type.clone(),
-        };
-        Ok(Ok((key, DebitRecord { event, refunded: refunded as u64 })))
+    /// How much of a debit has been refunded so far (this batch's refunds included).
+    fn refunded(&self, debit: &EventId) -> Result<u64, StoreError> {
+        let sql = "SELECT COALESCE(SUM(amount), 0) FROM events WHERE refund_of = ?1";
+        let refunded: i64 = self.conn.prepare_cached(sql)?.query_row([debit.as_str()], |r| r.get(0))?;
+        Ok(refunded as u64)
     }
 
     fn account_state(&mut self, key: &AccountKey) -> Result<AccountState, StoreError> {
