@@ -81,6 +81,7 @@ pub enum ApiError {
     #[error("authentication failed")]
     Unauthenticated,
     #[error("missing scope {0}")]
+    /// The principal may not do this; the text completes "this credential may not …".
     Forbidden(&'static str),
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String },
@@ -110,7 +111,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => Problem::new(S::UNAUTHORIZED, "unauthenticated", "authentication failed"),
             ApiError::Forbidden(intent) => {
-                Problem::new(S::FORBIDDEN, "forbidden", format!("this credential may not perform {intent}"))
+                Problem::new(S::FORBIDDEN, "forbidden", format!("this credential may not {intent}"))
             }
             ApiError::BadRequest { code, detail } => Problem::new(S::BAD_REQUEST, code, detail.clone()),
             ApiError::Unprocessable { code, detail } => Problem::new(S::UNPROCESSABLE_ENTITY, code, detail.clone()),

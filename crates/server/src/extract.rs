@@ -47,31 +47,45 @@ pub fn correlation_from(headers: &HeaderMap) -> String {
     trace.unwrap_or_else(new_correlation_id)
 }
 
+/// Where the authenticated credential's id is left for the edge middleware's audit record
+/// (the response alone does not say who was refused).
+#[derive(Clone, Default)]
+pub struct CredentialSlot(std::sync::Arc<parking_lot::Mutex<Option<String>>>);
+
+impl CredentialSlot {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+}
+
 /// Marks the intent a route needs; `Authed<R>` refuses principals without it.
 pub trait Requires {
     const INTENT: Intent;
+    /// Completes "this credential may not …" when the intent is missing.
+    const FORBIDDEN: &'static str;
 }
 
 macro_rules! intents {
-    ($($name:ident => $intent:ident),* $(,)?) => {
+    ($($name:ident => $intent:ident, $text:literal);* $(;)?) => {
         $(
             pub struct $name;
             impl Requires for $name {
                 const INTENT: Intent = Intent::$intent;
+                const FORBIDDEN: &'static str = concat!("perform ", $text);
             }
         )*
     };
 }
 
 intents! {
-    Debit => UsageDebit,
-    Grant => CreditsGrant,
-    Refund => CreditsRefund,
-    Adjust => CreditsAdjust,
-    Read => LedgerRead,
-    ManageAccounts => AccountsManage,
-    ManageKeys => KeysManage,
-    ManageTenants => TenantsManage,
+    Debit => UsageDebit, "usage.debit";
+    Grant => CreditsGrant, "credits.grant";
+    Refund => CreditsRefund, "credits.refund";
+    Adjust => CreditsAdjust, "credits.adjust";
+    Read => LedgerRead, "ledger.read";
+    ManageAccounts => AccountsManage, "accounts.manage";
+    ManageKeys => KeysManage, "keys.manage";
+    ManageTenants => TenantsManage, "tenants.manage";
 }
 
 /// An authenticated principal allowed to perform `R::INTENT`.
@@ -82,9 +96,12 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = authenticate(parts, state).await?;
+        if let Some(slot) = parts.extensions.get::<CredentialSlot>() {
+            *slot.0.lock() = Some(principal.credential_id.clone());
+        }
         if !principal.allows(R::INTENT) {
-            audit(parts, "insufficient scope", Some(&principal.credential_id), Some(R::INTENT));
-            return Err(ApiError::Forbidden(R::INTENT.as_str()));
+            // Audited with the other 403s by the edge middleware.
+            return Err(ApiError::Forbidden(R::FORBIDDEN));
         }
         Ok(Authed(principal, PhantomData))
     }
@@ -92,7 +109,7 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let fail = |reason: FailureReason| {
-        audit(parts, &reason.to_string(), None, None);
+        audit(parts, &reason.to_string());
         ApiError::Unauthenticated
     };
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
@@ -117,14 +134,12 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 }
 
 /// The audit record of a refused credential: the precise reason, never the secret.
-fn audit(parts: &Parts, reason: &str, credential: Option<&str>, intent: Option<Intent>) {
+fn audit(parts: &Parts, reason: &str) {
     let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.as_str()).unwrap_or("");
     tracing::warn!(
         target: "licenseseal::audit",
         correlation_id,
         reason,
-        credential = credential.unwrap_or(""),
-        intent = intent.map(Intent::as_str).unwrap_or(""),
         method = %parts.method,
         path = parts.uri.path(),
         "request refused"
@@ -159,7 +174,7 @@ pub fn subject_of(principal: &Principal, named: Option<&SubjectId>) -> Result<Su
     match (&principal.subject, named) {
         (Some(bound), None) => Ok(bound.clone()),
         (Some(bound), Some(named)) if bound == named => Ok(bound.clone()),
-        (Some(_), Some(_)) => Err(ApiError::Forbidden("this subject")),
+        (Some(_), Some(_)) => Err(ApiError::Forbidden("act for this subject")),
         (None, Some(named)) => Ok(named.clone()),
         (None, None) => Err(ApiError::bad_request("subject_required", "name the subject")),
     }

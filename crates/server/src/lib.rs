@@ -111,8 +111,21 @@ pub fn router(state: AppState) -> Router {
 async fn edge(mut request: Request, next: Next) -> Response {
     let correlation_id = extract::correlation_from(request.headers());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
+    let credential = extract::CredentialSlot::default();
+    request.extensions_mut().insert(credential.clone());
     let mut response = next.run(request).await;
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        if problem.status == StatusCode::FORBIDDEN {
+            // Every refusal for lack of permission is audited here, whichever check made it
+            // (401s are audited where the credential is checked, with the precise reason).
+            tracing::warn!(
+                target: "licenseseal::audit",
+                correlation_id,
+                credential = credential.get().as_deref().unwrap_or(""),
+                reason = %problem.detail,
+                "request forbidden"
+            );
+        }
         let headers = std::mem::take(response.headers_mut());
         response = problem.render(&correlation_id);
         for (name, value) in &headers {
