@@ -35,6 +35,18 @@ impl CursorSigner {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// The page a listing asks for: rows after the (verified) cursor, at most `limit`.
+    pub fn page(&self, cursor: Option<&str>, limit: u32, scope: &str) -> Result<licenseseal_store::Page, ApiError> {
+        let after = cursor.map(|c| self.decode(c, scope)).transpose()?;
+        Ok(licenseseal_store::Page { after, limit })
+    }
+
+    /// The cursor of the next page, when this one came back full.
+    pub fn next<T>(&self, rows: &[(i64, T)], page: licenseseal_store::Page, scope: &str) -> Option<String> {
+        let last = rows.last().filter(|_| rows.len() == page.limit as usize)?;
+        Some(self.encode(last.0, scope))
+    }
+
     pub fn decode(&self, cursor: &str, scope: &str) -> Result<i64, ApiError> {
         let invalid = || ApiError::bad_request("invalid_cursor", "the cursor is not valid for this listing");
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use licenseseal_ledger::{CreditType, Event, EventId, EventKind, SubjectId, TenantId, Timestamp};
-use licenseseal_store::{EventFilter, Page};
+use licenseseal_store::EventFilter;
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Authed, Query, Read};
@@ -71,11 +71,9 @@ pub async fn list(
     let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
     let filter = EventFilter { subject, kind, credit_type: query.credit_type, from: query.from, to: query.to };
     let scope = cursor_scope(&tenant_id, &filter);
-    let after = query.cursor.as_deref().map(|c| state.cursors.decode(c, &scope)).transpose()?;
-    let rows = state.store.events(&tenant_id, &filter, Page { after, limit }).await?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|(seq, _)| state.cursors.encode(*seq, &scope)))
-        .flatten();
+    let page = state.cursors.page(query.cursor.as_deref(), limit, &scope)?;
+    let rows = state.store.events(&tenant_id, &filter, page).await?;
+    let next_cursor = state.cursors.next(&rows, page, &scope);
     Ok(Json(EventPage { data: rows.into_iter().map(|(_, e)| e).collect(), next_cursor }))
 }
 

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use licenseseal_auth::{ApiKeys, Principal};
 use licenseseal_ledger::{KeyId, Scopes, SubjectId, TenantId, Timestamp};
-use licenseseal_store::{ApiKeyRecord, Page};
+use licenseseal_store::ApiKeyRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{Authed, Json as Body, ManageKeys, OptionalJson, Query};
@@ -124,11 +124,9 @@ pub async fn list(
     let limit = super::page_size(&state, query.limit)?;
     let tenant_id = state.tenant_of(&principal, query.tenant_id.as_ref()).await?;
     let scope = format!("api-keys|{tenant_id}");
-    let after = query.cursor.as_deref().map(|c| state.cursors.decode(c, &scope)).transpose()?;
-    let rows = state.store.api_keys(Some(&tenant_id), Page { after, limit }).await?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|(seq, _)| state.cursors.encode(*seq, &scope)))
-        .flatten();
+    let page = state.cursors.page(query.cursor.as_deref(), limit, &scope)?;
+    let rows = state.store.api_keys(Some(&tenant_id), page).await?;
+    let next_cursor = state.cursors.next(&rows, page, &scope);
     let data = rows
         .into_iter()
         .filter(|(_, k)| principal.subject.is_none() || k.subject == principal.subject)
