@@ -78,7 +78,9 @@ conformance! {
         assert!(r.is_problem());
     }
     assert_eq!(gw.get("/v1/events", &debit_only).await.status, 403);
-    // Tenant keys with every scope still cannot create tenants.
+    // Tenant keys cannot be given tenants.manage, and with every scope still cannot create tenants.
+    let r = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "t", "scopes": ["tenants.manage"] })).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_scopes")));
     assert_eq!(gw.post("/v1/tenants", &t.key, None, json!({ "name": "x" })).await.status, 403);
     // A key cannot mint a wider key.
     let r = gw

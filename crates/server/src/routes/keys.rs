@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use licenseseal_auth::{ApiKeys, Principal};
-use licenseseal_ledger::{KeyId, Scopes, SubjectId, TenantId, Timestamp};
+use licenseseal_ledger::{Intent, KeyId, Scopes, SubjectId, TenantId, Timestamp};
 use licenseseal_store::ApiKeyRecord;
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,10 @@ pub async fn create(
     }
     if body.scopes.is_empty() {
         return Err(ApiError::bad_request("invalid_scopes", "scopes must name at least one intent"));
+    }
+    // A tenant key can never create tenants: naming that scope alone would mint a useless key.
+    if body.scopes.allows(Intent::TenantsManage) && body.scopes != Scopes::all() {
+        return Err(ApiError::bad_request("invalid_scopes", "tenants.manage belongs to operator keys only"));
     }
     let now = state.clock.now();
     if body.expires_at.is_some_and(|at| at <= now) {
