@@ -457,3 +457,24 @@ conformance! {
         assert_eq!(gw.account(&t.key, "rich").await.i64("balance"), 9_007_199_254_740_991);
     }
 }
+
+/// A client that never finishes its request headers is cut off, and cannot hold a graceful
+/// shutdown open.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_sqlite().await;
+    let mut slow = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf)).await;
+    let elapsed = started.elapsed();
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(elapsed < std::time::Duration::from_secs(6), "cut off after {elapsed:?}");
+    let mut other = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await.unwrap();
+    other.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let stopped = std::time::Instant::now();
+    gw.stop().await;
+    assert!(stopped.elapsed() < std::time::Duration::from_secs(6), "shutdown waited {:?}", stopped.elapsed());
+}

@@ -11,7 +11,7 @@ mod extract;
 mod routes;
 
 use std::collections::HashSet;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub last_used_flush_interval: Duration,
     /// Longest wait for in-flight requests after a shutdown signal.
     pub shutdown_drain_max: Duration,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
     pub api_keys: ApiKeysConfig,
 }
 
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             page_size_max: 1000,
             last_used_flush_interval: Duration::from_secs(10),
             shutdown_drain_max: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             api_keys: ApiKeysConfig::default(),
         }
     }
@@ -151,30 +154,52 @@ async fn edge(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests,
-/// writes pending last-used times and stops the store's writer.
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish (at most `shutdown_drain_max`), writes pending last-used times and
+/// stops the store's writer. A client that never finishes sending its request headers is cut
+/// off after `header_read_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
     let flusher = tokio::spawn(flush_last_used(state.clone()));
     let app = router(state.clone());
-    let (fired, on_fire) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = fired.send(());
-    };
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors or similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
     let drain_max = state.config.shutdown_drain_max;
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    // Connections that never finish a request (a half-sent header) must not hold the process
-    // forever: after `drain_max` the remaining connections are closed.
-    tokio::select! {
-        served = server.into_future() => served?,
-        _ = async {
-            let _ = on_fire.await;
-            tokio::time::sleep(drain_max).await;
-        } => tracing::warn!(?drain_max, "in-flight connections did not finish in time; closing them"),
+    if tokio::time::timeout(drain_max, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain_max, "in-flight connections did not finish in time; closing them");
     }
     flusher.abort();
     if let Err(e) = state.keys.flush_last_used().await {

@@ -138,7 +138,11 @@ impl Gateway {
         backend: Backend,
         dir: tempfile::TempDir,
     ) -> Gateway {
-        let config = ServerConfig { last_used_flush_interval: Duration::from_millis(100), ..ServerConfig::default() };
+        let config = ServerConfig {
+            last_used_flush_interval: Duration::from_millis(100),
+            header_read_timeout: Duration::from_secs(2),
+            ..ServerConfig::default()
+        };
         let generated = ApiKeys::generate();
         assert!(store.initialize(generated.operator_record(clock.now())).await.expect("operator key"));
         let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
