@@ -20,6 +20,8 @@ pub struct Problem {
     pub detail: String,
     pub correlation_id: Option<String>,
     pub extra: Option<serde_json::Value>,
+    /// The refused credential's id, for the audit record; never rendered.
+    pub audit_credential: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -37,7 +39,7 @@ struct ProblemBody<'a> {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Problem { status, code, detail: detail.into(), correlation_id: None, extra: None }
+        Problem { status, code, detail: detail.into(), correlation_id: None, extra: None, audit_credential: None }
     }
 
     /// Renders the body; `correlation_id` is the current request's unless the problem has one.
@@ -80,9 +82,10 @@ impl Problem {
 pub enum ApiError {
     #[error("authentication failed")]
     Unauthenticated,
-    #[error("missing scope {0}")]
-    /// The principal may not do this; the text completes "this credential may not …".
-    Forbidden(&'static str),
+    #[error("forbidden: {what}")]
+    /// The principal may not do this; `what` completes "this credential may not …", and
+    /// `credential` (its public id) goes to the audit record only.
+    Forbidden { what: &'static str, credential: String },
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String },
     #[error("{detail}")]
@@ -102,6 +105,10 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    pub fn forbidden(principal: &licenseseal_auth::Principal, what: &'static str) -> Self {
+        ApiError::Forbidden { what, credential: principal.credential_id.clone() }
+    }
+
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         ApiError::BadRequest { code, detail: detail.into() }
     }
@@ -110,9 +117,10 @@ impl ApiError {
         use StatusCode as S;
         match self {
             ApiError::Unauthenticated => Problem::new(S::UNAUTHORIZED, "unauthenticated", "authentication failed"),
-            ApiError::Forbidden(intent) => {
-                Problem::new(S::FORBIDDEN, "forbidden", format!("this credential may not {intent}"))
-            }
+            ApiError::Forbidden { what, credential } => Problem {
+                audit_credential: Some(credential.clone()),
+                ..Problem::new(S::FORBIDDEN, "forbidden", format!("this credential may not {what}"))
+            },
             ApiError::BadRequest { code, detail } => Problem::new(S::BAD_REQUEST, code, detail.clone()),
             ApiError::Unprocessable { code, detail } => Problem::new(S::UNPROCESSABLE_ENTITY, code, detail.clone()),
             ApiError::NotFound(what) => Problem::new(S::NOT_FOUND, "not_found", format!("no such {what}")),

@@ -47,17 +47,6 @@ pub fn correlation_from(headers: &HeaderMap) -> String {
     trace.unwrap_or_else(new_correlation_id)
 }
 
-/// Where the authenticated credential's id is left for the edge middleware's audit record
-/// (the response alone does not say who was refused).
-#[derive(Clone, Default)]
-pub struct CredentialSlot(std::sync::Arc<parking_lot::Mutex<Option<String>>>);
-
-impl CredentialSlot {
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().clone()
-    }
-}
-
 /// Marks the intent a route needs; `Authed<R>` refuses principals without it.
 pub trait Requires {
     const INTENT: Intent;
@@ -96,12 +85,9 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = authenticate(parts, state).await?;
-        if let Some(slot) = parts.extensions.get::<CredentialSlot>() {
-            *slot.0.lock() = Some(principal.credential_id.clone());
-        }
         if !principal.allows(R::INTENT) {
             // Audited with the other 403s by the edge middleware.
-            return Err(ApiError::Forbidden(R::FORBIDDEN));
+            return Err(ApiError::forbidden(&principal, R::FORBIDDEN));
         }
         Ok(Authed(principal, PhantomData))
     }
@@ -174,7 +160,7 @@ pub fn subject_of(principal: &Principal, named: Option<&SubjectId>) -> Result<Su
     match (&principal.subject, named) {
         (Some(bound), None) => Ok(bound.clone()),
         (Some(bound), Some(named)) if bound == named => Ok(bound.clone()),
-        (Some(_), Some(_)) => Err(ApiError::Forbidden("act for this subject")),
+        (Some(_), Some(_)) => Err(ApiError::forbidden(principal, "act for this subject")),
         (None, Some(named)) => Ok(named.clone()),
         (None, None) => Err(ApiError::bad_request("subject_required", "name the subject")),
     }

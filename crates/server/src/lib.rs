@@ -114,8 +114,6 @@ pub fn router(state: AppState) -> Router {
 async fn edge(mut request: Request, next: Next) -> Response {
     let correlation_id = extract::correlation_from(request.headers());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
-    let credential = extract::CredentialSlot::default();
-    request.extensions_mut().insert(credential.clone());
     let mut response = next.run(request).await;
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
         if problem.status == StatusCode::FORBIDDEN {
@@ -124,7 +122,7 @@ async fn edge(mut request: Request, next: Next) -> Response {
             tracing::warn!(
                 target: "licenseseal::audit",
                 correlation_id,
-                credential = credential.get().as_deref().unwrap_or(""),
+                credential = problem.audit_credential.as_deref().unwrap_or(""),
                 reason = %problem.detail,
                 "request forbidden"
             );

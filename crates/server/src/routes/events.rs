@@ -63,7 +63,9 @@ pub async fn list(
         })
         .transpose()?;
     let subject = match (&principal.subject, query.subject) {
-        (Some(bound), Some(named)) if *bound != named => return Err(ApiError::Forbidden("act for this subject")),
+        (Some(bound), Some(named)) if *bound != named => {
+            return Err(ApiError::forbidden(&principal, "act for this subject"))
+        }
         (Some(bound), _) => Some(bound.clone()),
         (None, named) => named,
     };

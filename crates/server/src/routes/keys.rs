@@ -68,11 +68,11 @@ fn check_no_widening(principal: &Principal, scopes: Scopes, subject: Option<&Sub
         return Ok(());
     }
     if !scopes.is_subset_of(principal.scopes) {
-        return Err(ApiError::Forbidden("grant scopes wider than its own"));
+        return Err(ApiError::forbidden(principal, "grant scopes wider than its own"));
     }
     match (&principal.subject, subject) {
         (Some(bound), Some(s)) if bound == s => Ok(()),
-        (Some(_), _) => Err(ApiError::Forbidden("manage keys of other subjects")),
+        (Some(_), _) => Err(ApiError::forbidden(principal, "manage keys of other subjects")),
         (None, _) => Ok(()),
     }
 }

@@ -23,7 +23,7 @@ pub async fn create(
     Body(body): Body<CreateTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !principal.is_operator() {
-        return Err(ApiError::Forbidden("manage tenants (operator credentials only)"));
+        return Err(ApiError::forbidden(&principal, "manage tenants (operator credentials only)"));
     }
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
