@@ -101,6 +101,8 @@ pub struct ApiKeys {
     store: Arc<dyn LedgerStore>,
     config: ApiKeysConfig,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// The same records by id, for tokens that must check the key they came from.
+    by_id: Mutex<HashMap<KeyId, Cached>>,
     last_used: Mutex<HashMap<KeyId, Timestamp>>,
 }
 
@@ -110,7 +112,13 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 
 impl ApiKeys {
     pub fn new(store: Arc<dyn LedgerStore>, config: ApiKeysConfig) -> Self {
-        ApiKeys { store, config, cache: Mutex::new(HashMap::new()), last_used: Mutex::new(HashMap::new()) }
+        ApiKeys {
+            store,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            by_id: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Generates a new key from the operating system's random source.
@@ -159,6 +167,7 @@ impl ApiKeys {
             scopes: record.scopes,
             method: AuthMethod::ApiKey,
             credential_id: record.id.to_string(),
+            expires_at: record.expires_at,
         })
     }
 
@@ -177,9 +186,32 @@ impl ApiKeys {
         cache.insert(hash, Cached { record, fetched: Instant::now() });
     }
 
+    /// Whether the key with this id is usable at `now`: how a token checks the credential it
+    /// was exchanged for, without a store write and (while cached) without a store read.
+    pub async fn is_active(&self, id: &KeyId, now: Timestamp) -> Result<bool, AuthError> {
+        let cached = {
+            let cache = self.by_id.lock();
+            cache.get(id).filter(|c| c.fetched.elapsed() < self.config.cache_ttl).map(|c| c.record.clone())
+        };
+        let record = match cached {
+            Some(record) => record,
+            None => {
+                let record = self.store.api_key(id).await?;
+                let mut cache = self.by_id.lock();
+                if cache.len() >= self.config.cache_entries_max {
+                    cache.clear();
+                }
+                cache.insert(id.clone(), Cached { record: record.clone(), fetched: Instant::now() });
+                record
+            }
+        };
+        Ok(record.is_some_and(|r| r.is_active(now)))
+    }
+
     /// Forgets every cached key: called after any key is created, rotated or revoked here.
     pub fn invalidate(&self) {
         self.cache.lock().clear();
+        self.by_id.lock().clear();
     }
 
     /// Writes the gathered last-used times in one batch.

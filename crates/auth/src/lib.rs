@@ -7,9 +7,16 @@
 //! audit log only; callers see one uniform answer.
 
 mod api_key;
+mod authenticator;
+pub mod authority;
+pub mod jose;
+pub mod jwks;
 mod principal;
+pub mod providers;
+pub mod seal;
 
 pub use api_key::{ApiKeys, ApiKeysConfig, NewApiKey};
+pub use authenticator::{Authenticator, TOKEN_BYTES_MAX};
 pub use principal::{AuthMethod, Principal};
 
 /// Why authentication failed. Never shown to the caller; logged to the audit trail.
@@ -25,8 +32,36 @@ pub enum FailureReason {
     UnknownKey,
     #[error("api key revoked")]
     Revoked,
-    #[error("api key expired")]
+    #[error("credential expired")]
     Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("algorithm not accepted")]
+    AlgorithmNotAllowed,
+    #[error("token header names a key or an extension we never trust")]
+    ForbiddenHeader,
+    #[error("registered claim with a wrong type")]
+    InvalidClaim,
+    #[error("required claim missing")]
+    MissingClaim,
+    #[error("unknown key id")]
+    UnknownKid,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("signing key retired")]
+    KeyRetired,
+    #[error("identity provider keys unavailable")]
+    ProviderUnavailable,
+    #[error("token subject is not a valid subject id")]
+    InvalidSubject,
+    #[error("the credential this token came from is no longer valid")]
+    ChainRevoked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,4 +70,30 @@ pub enum AuthError {
     Unauthenticated(FailureReason),
     #[error(transparent)]
     Store(#[from] licenseseal_store::StoreError),
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    #[error("a stored Authority signing key is damaged")]
+    CorruptSigningKey,
+    #[error("the JWKS HTTPS client could not be built")]
+    JwksClient,
+}
+
+impl From<jose::JoseError> for FailureReason {
+    fn from(e: jose::JoseError) -> Self {
+        use jose::JoseError as J;
+        match e {
+            J::Malformed(_) | J::InvalidKey(_) => FailureReason::Malformed,
+            J::UnsupportedAlgorithm | J::KeyMismatch => FailureReason::AlgorithmNotAllowed,
+            J::ForbiddenHeader(_) => FailureReason::ForbiddenHeader,
+            J::InvalidClaim(_) => FailureReason::InvalidClaim,
+            J::BadSignature => FailureReason::BadSignature,
+            J::UnknownKid => FailureReason::UnknownKid,
+            J::Expired => FailureReason::Expired,
+            J::NotYetValid => FailureReason::NotYetValid,
+            J::IssuedInFuture => FailureReason::IssuedInFuture,
+            J::MissingClaim(_) => FailureReason::MissingClaim,
+            J::WrongAudience => FailureReason::WrongAudience,
+            J::WrongIssuer => FailureReason::UnknownIssuer,
+        }
+    }
 }

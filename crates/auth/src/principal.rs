@@ -1,16 +1,22 @@
 //! The authenticated caller.
 
-use licenseseal_ledger::{Intent, Scopes, SubjectId, TenantId};
+use licenseseal_ledger::{Intent, Scopes, SubjectId, TenantId, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     ApiKey,
+    /// A token signed by our own Authority.
+    AuthorityToken,
+    /// A token of an external identity provider the tenant registered.
+    IdpToken,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::AuthorityToken => "authority_token",
+            AuthMethod::IdpToken => "idp_token",
         }
     }
 }
@@ -25,8 +31,11 @@ pub struct Principal {
     pub subject: Option<SubjectId>,
     pub scopes: Scopes,
     pub method: AuthMethod,
-    /// The public id of the credential (never its secret).
+    /// The public id of the credential (never its secret). For an Authority token, the id of
+    /// the credential it was exchanged for (its revocation ends the token too).
     pub credential_id: String,
+    /// When the credential stops being valid, if it does.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Principal {

@@ -24,6 +24,28 @@ pub struct InitArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Settings of the token Authority and of identity providers, shared by `serve` and
+/// `authority rotate-key`.
+#[derive(clap::Args, Default)]
+pub struct AuthArgs {
+    /// Master key sealing secrets at rest: base64 of 32 random bytes.
+    #[arg(long, env = "LICENSESEAL_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<Secret>,
+    /// File holding the master key (base64).
+    #[arg(long, env = "LICENSESEAL_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Public base URL of this gateway: the `iss` of its tokens (default http://LISTEN).
+    #[arg(long, env = "LICENSESEAL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Default lifetime of Authority tokens, in seconds (300).
+    #[arg(long, env = "LICENSESEAL_TOKEN_TTL_SECONDS")]
+    pub token_ttl_seconds: Option<u64>,
+    /// Test setups only: one more CA (PEM file) trusted when fetching identity providers' JWKS
+    /// over HTTPS. There is no setting that allows plain HTTP.
+    #[arg(long, env = "LICENSESEAL_JWKS_EXTRA_CA_FILE")]
+    pub jwks_extra_ca_file: Option<PathBuf>,
+}
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// PostgreSQL URL (postgres://…); without it the embedded SQLite store is used.
@@ -38,6 +60,23 @@ pub struct ServeArgs {
     /// Config file (default: ./licenseseal.toml if present).
     #[arg(long, env = "LICENSESEAL_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RotateKeyArgs {
+    /// PostgreSQL URL (postgres://…); without it the embedded SQLite store is used.
+    #[arg(long, env = "LICENSESEAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Data directory holding the store.
+    #[arg(long, env = "LICENSESEAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Config file (default: ./licenseseal.toml if present).
+    #[arg(long, env = "LICENSESEAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// The config file's contents; unknown keys are an error, not a silent typo.
@@ -47,6 +86,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     database_url: Option<Secret>,
+    master_key_file: Option<PathBuf>,
+    public_url: Option<String>,
+    token_ttl_seconds: Option<u64>,
+    jwks_extra_ca_file: Option<PathBuf>,
 }
 
 /// A value that may hold a password: never printed, only handed to the driver.
@@ -79,6 +122,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub database_url: Option<Secret>,
+    pub master_key: Option<Secret>,
+    pub master_key_file: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub token_ttl_seconds: Option<u64>,
+    pub jwks_extra_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -87,6 +135,7 @@ impl Settings {
         data_dir: Option<PathBuf>,
         listen: Option<SocketAddr>,
         database_url: Option<Secret>,
+        auth: AuthArgs,
     ) -> anyhow::Result<Self> {
         let file = match config {
             Some(path) => read_file(path)?,
@@ -97,6 +146,11 @@ impl Settings {
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen: listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
             database_url: database_url.or(file.database_url),
+            master_key: auth.master_key,
+            master_key_file: auth.master_key_file.or(file.master_key_file),
+            public_url: auth.public_url.or(file.public_url),
+            token_ttl_seconds: auth.token_ttl_seconds.or(file.token_ttl_seconds),
+            jwks_extra_ca_file: auth.jwks_extra_ca_file.or(file.jwks_extra_ca_file),
         })
     }
 

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use licenseseal_auth::authority::{Authority, AuthorityConfig};
+use licenseseal_auth::seal::MasterKey;
 use licenseseal_auth::ApiKeys;
 use licenseseal_server::{AppState, ServerConfig};
 use licenseseal_store::postgres::{PgConfig, PgStore};
@@ -35,6 +37,17 @@ enum Command {
     Serve(config::ServeArgs),
     /// Start a fresh gateway and measure debit throughput and latency against it.
     Bench(bench::BenchArgs),
+    /// Manage the token Authority.
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthorityCommand {
+    /// Make a new signing key current. The previous key stays published and accepted until
+    /// every token it signed has expired. Running instances pick the new key up within 30 s
+    /// (SQLite: the store is locked while `serve` runs; use `POST /v1/authority/rotate` then).
+    RotateKey(config::RotateKeyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Command::Init(args) => init(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Authority(AuthorityCommand::RotateKey(args)) => rotate_key(args).await,
         }
     })
 }
@@ -106,7 +120,8 @@ async fn open_configured(settings: &config::Settings) -> anyhow::Result<Arc<dyn 
 }
 
 async fn init(args: config::InitArgs) -> anyhow::Result<()> {
-    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url)?;
+    let settings =
+        config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url, Default::default())?;
     let existing = if settings.database_url.is_some() {
         let store = open_configured(&settings).await?;
         let initialised = store.is_initialized().await?;
@@ -136,8 +151,10 @@ async fn init(args: config::InitArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
-    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url)?;
+    let settings =
+        config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url, args.auth)?;
     let store = open_configured(&settings).await?;
+    let master_key = master_key(&settings)?;
     if let Some(secret) = create_operator_key(store.as_ref()).await? {
         tracing::info!(store = %settings.store_name(), "initialised a new store; the operator key is printed once on stdout");
         print_operator_key(&secret);
@@ -146,10 +163,91 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = AppState::new(store, clock, ServerConfig::default()).await?;
+    let config = server_config(&settings, master_key, listener.local_addr()?)?;
+    let state = AppState::new(store, clock, config).await.context("cannot start the gateway")?;
     tracing::info!(listen = %listener.local_addr()?, store = %settings.store_name(), "licenseseal serving");
     licenseseal_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("licenseseal stopped");
+    Ok(())
+}
+
+/// The server's settings from the loaded configuration.
+fn server_config(
+    settings: &config::Settings,
+    master_key: MasterKey,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig { master_key, ..ServerConfig::default() };
+    config.authority.issuer =
+        settings.public_url.clone().unwrap_or_else(|| format!("http://{listen}")).trim_end_matches('/').to_owned();
+    if let Some(ttl) = settings.token_ttl_seconds {
+        if ttl == 0 || ttl > config.authority.token_ttl_max.as_secs() {
+            bail!("token_ttl_seconds must be between 1 and {}", config.authority.token_ttl_max.as_secs());
+        }
+        config.authority.token_ttl_default = std::time::Duration::from_secs(ttl);
+    }
+    if let Some(path) = &settings.jwks_extra_ca_file {
+        let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        config.providers.jwks.extra_root_pem = Some(pem);
+    }
+    Ok(config)
+}
+
+/// The master key: from `LICENSESEAL_MASTER_KEY`, from the named key file, or (embedded store
+/// only) from `master.key` in the data directory, generated there with mode 0600 on first
+/// start. A PostgreSQL deployment must name one: every instance needs the same key.
+fn master_key(settings: &config::Settings) -> anyhow::Result<MasterKey> {
+    if let Some(text) = &settings.master_key {
+        return MasterKey::parse_base64(text.expose()).context("LICENSESEAL_MASTER_KEY");
+    }
+    let (path, generate) = match (&settings.master_key_file, &settings.database_url) {
+        (Some(path), _) => (path.clone(), false),
+        (None, None) => (settings.data_dir.join("master.key"), true),
+        (None, Some(_)) => bail!(
+            "a PostgreSQL deployment needs a master key shared by every instance: set LICENSESEAL_MASTER_KEY \
+             (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) or master_key_file"
+        ),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => MasterKey::parse_base64(&text).with_context(|| format!("invalid master key in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+            let key = MasterKey::generate();
+            write_private_file(&path, key.to_base64().as_bytes())?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a master key for secrets at rest; back it up with the data directory, or set LICENSESEAL_MASTER_KEY"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the master key file {}", path.display())),
+    }
+}
+
+/// Creates a file only its owner can read; never overwrites.
+fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+async fn rotate_key(args: config::RotateKeyArgs) -> anyhow::Result<()> {
+    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url, args.auth)?;
+    let store = open_configured(&settings).await?;
+    let master_key = master_key(&settings)?;
+    let now = SystemClock.now();
+    let authority = Authority::open(store.clone(), master_key, AuthorityConfig::default(), now)
+        .await
+        .context("cannot open the Authority keys (is this the right master key?)")?;
+    let previous = authority.current_kid();
+    let kid = authority.rotate(now).await?;
+    store.shutdown().await;
+    println!("{}", serde_json::json!({ "kid": kid, "previous_kid": previous }));
     Ok(())
 }
 

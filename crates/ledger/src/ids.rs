@@ -66,6 +66,10 @@ string_id!(
     KeyId
 );
 string_id!(
+    /// `idp_` + a time-ordered UUID: an external identity provider registered by a tenant.
+    ProviderId
+);
+string_id!(
     /// A client-chosen key naming one logical attempt: 1–255 printable ASCII characters.
     IdempotencyKey
 );
@@ -145,6 +149,7 @@ macro_rules! uuid_id {
 uuid_id!(TenantId, "ten_", "tenant id");
 uuid_id!(EventId, "evt_", "event id");
 uuid_id!(KeyId, "key_", "api key id");
+uuid_id!(ProviderId, "idp_", "identity provider id");
 
 #[cfg(test)]
 mod tests {
@@ -174,6 +179,16 @@ mod tests {
         assert_eq!(EventId::parse(id.as_str()).unwrap(), id);
         for bad in ["evt_", "evt_XYZ", "ten_01900000000070008000000000000001", "evt_0190000000007000800000000000000G"] {
             assert!(EventId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn provider_ids_round_trip_and_refuse_other_prefixes() {
+        let id = ProviderId::from_uuid(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001));
+        assert_eq!(id.as_str(), "idp_01900000000070008000000000000001");
+        assert_eq!(ProviderId::parse(id.as_str()).unwrap(), id);
+        for bad in ["idp_", "key_01900000000070008000000000000001", "idp_0190000000007000800000000000000A"] {
+            assert!(ProviderId::parse(bad).is_err(), "{bad}");
         }
     }
 }

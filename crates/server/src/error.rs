@@ -102,6 +102,9 @@ pub enum ApiError {
     Refused(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something that must not happen (a damaged signing key, …): an opaque 500, logged.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -137,7 +140,7 @@ impl ApiError {
                 "store_unavailable",
                 "the ledger store is unavailable; retry with the same Idempotency-Key",
             ),
-            ApiError::Store(_) => Problem::for_status(S::INTERNAL_SERVER_ERROR),
+            ApiError::Store(_) | ApiError::Internal(_) => Problem::for_status(S::INTERNAL_SERVER_ERROR),
         }
     }
 }
@@ -164,12 +167,16 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Unauthenticated(_) => ApiError::Unauthenticated,
             AuthError::Store(s) => ApiError::Store(s),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = %e, "internal error");
+        }
         if let ApiError::Store(e) = &self {
             if !e.is_unavailable() {
                 tracing::error!(error = %e, "internal error");

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap};
-use licenseseal_auth::{ApiKeys, FailureReason, Principal};
+use licenseseal_auth::{FailureReason, Principal};
 use licenseseal_ledger::{IdempotencyKey, Intent, SubjectId, TenantId};
 use serde::de::DeserializeOwned;
 
@@ -93,14 +93,17 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
     }
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+/// Authenticates the request's one credential. A request carrying two (two `Authorization`
+/// headers, or a bearer credential beside an HTTP signature) is refused as ambiguous: no
+/// method is ever picked silently over another.
+pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let fail = |reason: FailureReason| {
         audit(parts, &reason.to_string());
         ApiError::Unauthenticated
     };
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or_else(|| fail(FailureReason::Missing))?;
-    if values.next().is_some() {
+    if values.next().is_some() || has_signature(&parts.headers) {
         return Err(fail(FailureReason::Ambiguous));
     }
     let value = value.to_str().map_err(|_| fail(FailureReason::Malformed))?;
@@ -108,20 +111,46 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => return Err(fail(FailureReason::Malformed)),
     };
-    if !ApiKeys::looks_like_key(token) {
-        return Err(fail(FailureReason::Malformed));
-    }
     let now = state.clock.now();
-    match state.keys.authenticate(token, now).await {
+    match state.auth.bearer(token, now).await {
         Ok(principal) => Ok(principal),
         Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => Err(fail(reason)),
         Err(e) => Err(e.into()),
     }
 }
 
+/// Whether the request carries RFC 9421 signature headers.
+pub(crate) fn has_signature(headers: &HeaderMap) -> bool {
+    headers.contains_key("signature") || headers.contains_key("signature-input")
+}
+
+/// Whether the request presents any credential at all.
+fn has_credential(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || has_signature(headers)
+}
+
+/// A route open to anonymous callers. A request that presents a credential there must still
+/// present a valid one: an invalid credential never downgrades to anonymous.
+pub struct Anonymous;
+
+impl FromRequestParts<AppState> for Anonymous {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if has_credential(&parts.headers) {
+            authenticate(parts, state).await?;
+        }
+        Ok(Anonymous)
+    }
+}
+
+pub(crate) fn correlation_of(parts: &Parts) -> &str {
+    parts.extensions.get::<CorrelationId>().map(|c| c.0.as_str()).unwrap_or("")
+}
+
 /// The audit record of a refused credential: the precise reason, never the secret.
-fn audit(parts: &Parts, reason: &str) {
-    let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.as_str()).unwrap_or("");
+pub(crate) fn audit(parts: &Parts, reason: &str) {
+    let correlation_id = correlation_of(parts);
     tracing::warn!(
         target: "licenseseal::audit",
         correlation_id,

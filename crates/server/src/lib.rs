@@ -20,7 +20,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
-use licenseseal_auth::{ApiKeys, ApiKeysConfig};
+use licenseseal_auth::authority::{Authority, AuthorityConfig};
+use licenseseal_auth::providers::{Providers, ProvidersConfig};
+use licenseseal_auth::seal::MasterKey;
+use licenseseal_auth::{ApiKeys, ApiKeysConfig, Authenticator};
 use licenseseal_ledger::TenantId;
 use licenseseal_store::{Clock, LedgerStore};
 use parking_lot::Mutex;
@@ -46,6 +49,13 @@ pub struct ServerConfig {
     /// Longest a client may take to send a request's headers.
     pub header_read_timeout: Duration,
     pub api_keys: ApiKeysConfig,
+    pub authority: AuthorityConfig,
+    pub providers: ProvidersConfig,
+    /// Most verified tokens remembered (each until its `exp`).
+    pub verified_tokens_max: usize,
+    /// Seals secrets at rest. The default is a random key per process, fit for tests only;
+    /// the binary always loads the configured (or generated-and-kept) key.
+    pub master_key: MasterKey,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +69,10 @@ impl Default for ServerConfig {
             shutdown_drain_max: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             api_keys: ApiKeysConfig::default(),
+            authority: AuthorityConfig::default(),
+            providers: ProvidersConfig::default(),
+            verified_tokens_max: 100_000,
+            master_key: MasterKey::generate(),
         }
     }
 }
@@ -69,7 +83,7 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Arc<dyn LedgerStore>,
-    pub keys: ApiKeys,
+    pub auth: Authenticator,
     pub clock: Arc<dyn Clock>,
     pub cursors: CursorSigner,
     pub config: ServerConfig,
@@ -92,7 +106,11 @@ impl AppState {
     ) -> Result<Self, ApiError> {
         let cursors = CursorSigner::new(store.cursor_secret().await?);
         let keys = ApiKeys::new(store.clone(), config.api_keys.clone());
-        Ok(AppState(Arc::new(Inner { store, keys, clock, cursors, config, known_tenants: Mutex::new(HashSet::new()) })))
+        let authority =
+            Authority::open(store.clone(), config.master_key.clone(), config.authority.clone(), clock.now()).await?;
+        let providers = Providers::new(store.clone(), config.providers.clone())?;
+        let auth = Authenticator::new(keys, authority, providers, config.verified_tokens_max);
+        Ok(AppState(Arc::new(Inner { store, auth, clock, cursors, config, known_tenants: Mutex::new(HashSet::new()) })))
     }
 }
 
@@ -166,6 +184,7 @@ pub async fn serve(
     use hyper_util::service::TowerToHyperService;
 
     let flusher = tokio::spawn(flush_last_used(state.clone()));
+    let reloader = tokio::spawn(reload_authority_keys(state.clone()));
     let app = router(state.clone());
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
@@ -200,7 +219,8 @@ pub async fn serve(
         tracing::warn!(?drain_max, "in-flight connections did not finish in time; closing them");
     }
     flusher.abort();
-    if let Err(e) = state.keys.flush_last_used().await {
+    reloader.abort();
+    if let Err(e) = state.auth.keys.flush_last_used().await {
         tracing::warn!(error = %e, "could not record api key last-used times at shutdown");
     }
     state.store.shutdown().await;
@@ -211,8 +231,19 @@ async fn flush_last_used(state: AppState) {
     let mut tick = tokio::time::interval(state.config.last_used_flush_interval);
     loop {
         tick.tick().await;
-        if let Err(e) = state.keys.flush_last_used().await {
+        if let Err(e) = state.auth.keys.flush_last_used().await {
             tracing::warn!(error = %e, "could not record api key last-used times");
+        }
+    }
+}
+
+/// Picks up Authority key rotations made by other instances.
+async fn reload_authority_keys(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.authority.key_reload_interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.auth.authority.reload_if_due().await {
+            tracing::warn!(error = %e, "could not reload the Authority signing keys");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Encodings shared by both backends: an event's JSON body, scope lists, and stored ids.
+//! Encodings shared by both backends: an event's JSON body, scope lists, string lists, and
+//! stored ids.
 
 use licenseseal_ledger::{Event, IdError, Scopes, TenantId};
 
@@ -26,4 +27,13 @@ pub(crate) fn scopes_json(scopes: Scopes) -> String {
 pub(crate) fn scopes_from_json(json: &str) -> Result<Scopes, StoreError> {
     let names: Vec<String> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
     Scopes::parse(names.iter().map(String::as_str)).map_err(|s| StoreError::Corrupt(format!("unknown scope {s}")))
+}
+
+/// A list of strings (audiences, algorithms, claim names) as stored: a JSON array.
+pub(crate) fn strings_json(values: &[String]) -> String {
+    serde_json::to_string(values).expect("strings encode")
+}
+
+pub(crate) fn strings_from_json(json: &str, what: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub use error::StoreError;
 pub use model::*;
 
-use licenseseal_ledger::{AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, TenantId, Timestamp};
+use licenseseal_ledger::{
+    AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, ProviderId, TenantId, Timestamp,
+};
 
 /// What happened to a ledger command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,27 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn retire_api_key(&self, id: &KeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError>;
     /// Records last-used times, batched by the caller (never one write per request).
     async fn touch_api_keys(&self, used: Vec<(KeyId, Timestamp)>) -> Result<(), StoreError>;
+
+    /// Every Authority key, oldest first.
+    async fn authority_keys(&self) -> Result<Vec<AuthorityKeyRecord>, StoreError>;
+    /// Stores `new` and, in the same transaction, sets `superseded_at = new.created_at` on every
+    /// other key that has none. Duplicate kid → `StoreError::Conflict` (and nothing written).
+    async fn rotate_authority_key(&self, new: AuthorityKeyRecord) -> Result<(), StoreError>;
+
+    /// Registers a provider; an issuer already registered (by any tenant) → StoreError::Conflict.
+    async fn insert_identity_provider(&self, provider: IdentityProviderRecord) -> Result<(), StoreError>;
+    /// A tenant's provider by id; `None` when it does not exist or belongs to another tenant.
+    async fn identity_provider(
+        &self,
+        tenant: &TenantId,
+        id: &ProviderId,
+    ) -> Result<Option<IdentityProviderRecord>, StoreError>;
+    /// The provider registered for a token issuer (`iss`), whichever tenant registered it.
+    async fn identity_provider_by_issuer(&self, issuer: &str) -> Result<Option<IdentityProviderRecord>, StoreError>;
+    /// A tenant's providers, oldest first.
+    async fn identity_providers(&self, tenant: &TenantId) -> Result<Vec<IdentityProviderRecord>, StoreError>;
+    /// Removes a tenant's provider; false when there was none.
+    async fn delete_identity_provider(&self, tenant: &TenantId, id: &ProviderId) -> Result<bool, StoreError>;
 
     /// True once `initialize` has created the operator key.
     async fn is_initialized(&self) -> Result<bool, StoreError>;

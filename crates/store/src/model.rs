@@ -1,7 +1,9 @@
 //! Records the store reads and writes besides ledger events.
 
+use std::fmt;
+
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, CreditType, EventKind, KeyId, Scopes, SubjectId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, CreditType, EventKind, KeyId, ProviderId, Scopes, SubjectId, TenantId, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,53 @@ impl ApiKeyRecord {
     pub fn is_active(&self, now: Timestamp) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
     }
+}
+
+/// A signing key of LicenseSeal's own token Authority. The private key arrives sealed
+/// (encrypted under the master key by the auth crate); the store never sees it in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorityKeyRecord {
+    /// RFC 7638 thumbprint; unique.
+    pub kid: String,
+    /// The JWS algorithm, `EdDSA`.
+    pub algorithm: String,
+    /// The raw 32-byte Ed25519 public key.
+    pub public_key: Vec<u8>,
+    pub sealed_private_key: Vec<u8>,
+    pub created_at: Timestamp,
+    /// When a newer key took over signing; the key still verifies tokens it signed until they expire.
+    pub superseded_at: Option<Timestamp>,
+}
+
+/// Shows the sealed private key's length only, never its bytes.
+impl fmt::Debug for AuthorityKeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorityKeyRecord")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("public_key", &self.public_key)
+            .field("sealed_private_key", &format_args!("<{} bytes>", self.sealed_private_key.len()))
+            .field("created_at", &self.created_at)
+            .field("superseded_at", &self.superseded_at)
+            .finish()
+    }
+}
+
+/// An external identity provider registered by a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProviderRecord {
+    pub id: ProviderId,
+    pub tenant_id: TenantId,
+    /// Globally unique across tenants: a token's `iss` selects the provider.
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub subject_claim: String,
+    pub scope_claim: String,
+    pub leeway_seconds: u32,
+    pub required_claims: Vec<String>,
+    pub created_at: Timestamp,
 }
 
 /// An account as read back: balance, held, available and policy.

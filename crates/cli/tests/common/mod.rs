@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,17 +121,37 @@ impl Gateway {
     }
 
     pub async fn start_sqlite() -> Gateway {
+        Gateway::start_sqlite_with(|_| {}).await
+    }
+
+    /// A SQLite gateway with adjusted server settings.
+    pub async fn start_sqlite_with(tweak: impl FnOnce(&mut ServerConfig)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store");
-        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir).await
+        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir, tweak).await
+    }
+
+    /// A gateway on `backend` with adjusted server settings, or `None` (PostgreSQL not configured).
+    pub async fn start_on_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Option<Gateway> {
+        match backend {
+            Backend::Sqlite => Some(Gateway::start_sqlite_with(tweak).await),
+            Backend::Postgres => {
+                let url = fresh_schema_url().await?;
+                let clock = Arc::new(ManualClock::new(SystemClock.now()));
+                let store = PgStore::connect(&url, clock.clone(), PgConfig::default()).await.expect("PostgreSQL");
+                let dir = tempfile::tempdir().expect("temp dir");
+                Some(Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, tweak).await)
+            }
+        }
     }
 
     /// A gateway on the PostgreSQL database at `url` (e.g. a fresh schema, or a proxy to one).
     pub async fn start_postgres(url: &str, config: PgConfig) -> Gateway {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = PgStore::connect(url, clock.clone(), config).await.expect("open the PostgreSQL store");
-        Gateway::start_with(Arc::new(store), clock, Backend::Postgres, tempfile::tempdir().expect("temp dir")).await
+        let dir = tempfile::tempdir().expect("temp dir");
+        Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, |_| {}).await
     }
 
     async fn start_with(
@@ -137,17 +159,20 @@ impl Gateway {
         clock: Arc<ManualClock>,
         backend: Backend,
         dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut ServerConfig),
     ) -> Gateway {
-        let config = ServerConfig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut config = ServerConfig {
             last_used_flush_interval: Duration::from_millis(100),
             header_read_timeout: Duration::from_secs(2),
             ..ServerConfig::default()
         };
+        config.authority.issuer = base.clone();
+        tweak(&mut config);
         let generated = ApiKeys::generate();
         assert!(store.initialize(generated.operator_record(clock.now())).await.expect("operator key"));
         let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(licenseseal_server::serve(listener, state, async move {
             let _ = rx.await;

@@ -6,14 +6,15 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::extract::Anonymous;
 use crate::{ApiError, AppState};
 
-pub async fn healthz() -> Json<Value> {
+pub async fn healthz(_: Anonymous) -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready when the store answers a round trip within a second.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn readyz(_: Anonymous, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
         Ok(Err(e)) => Err(ApiError::Store(licenseseal_store::StoreError::Unavailable(e.to_string()))),

@@ -190,7 +190,7 @@ pub async fn rotate(
         other => other.into(),
     })?;
     state.store.retire_api_key(&old.id, now.plus_seconds(i64::from(grace)), false).await?;
-    state.keys.invalidate();
+    state.auth.keys.invalidate();
     Ok((StatusCode::CREATED, Json(KeyBody::new(record, Some(generated.secret)))))
 }
 
@@ -201,7 +201,7 @@ pub async fn revoke(
 ) -> Result<Json<KeyBody>, ApiError> {
     let key = managed_key(&state, &principal, &id).await?;
     state.store.retire_api_key(&key.id, state.clock.now(), true).await?;
-    state.keys.invalidate();
+    state.auth.keys.invalidate();
     let key = state.store.api_key(&key.id).await?.ok_or(ApiError::NotFound("api key"))?;
     Ok(Json(KeyBody::new(key, None)))
 }

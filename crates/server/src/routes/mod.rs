@@ -1,10 +1,12 @@
 //! The route table. Each submodule holds the handlers of one resource.
 
 mod accounts;
+mod authority;
 mod events;
 mod health;
 mod keys;
 mod ledger;
+mod providers;
 mod tenants;
 
 use axum::routing::{get, post};
@@ -16,6 +18,12 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/.well-known/jwks.json", get(authority::jwks))
+        .route("/.well-known/openid-configuration", get(authority::discovery))
+        .route("/v1/authority/token", post(authority::token))
+        .route("/v1/authority/rotate", post(authority::rotate))
+        .route("/v1/identity-providers", post(providers::create).get(providers::list))
+        .route("/v1/identity-providers/{id}", get(providers::get).delete(providers::delete))
         .route("/v1/tenants", post(tenants::create))
         .route("/v1/api-keys", post(keys::create).get(keys::list))
         .route("/v1/api-keys/{id}/rotate", post(keys::rotate))

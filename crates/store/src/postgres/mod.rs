@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, TenantId, Timestamp};
+use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, ProviderId, TenantId, Timestamp};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::{NoTls, Row};
 
 use self::batch::{account_key, account_state_from, lock_accounts, lot_from, run_batch};
-use crate::codec::{corrupt, event_from_row, scopes_from_json, scopes_json};
+use crate::codec::{corrupt, event_from_row, scopes_from_json, scopes_json, strings_from_json, strings_json};
 use crate::{
-    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange, StoreError, Tenant,
+    AccountView, ApiKeyRecord, AuthorityKeyRecord, Clock, EventFilter, Execution, IdentityProviderRecord, LedgerStore,
+    Page, PolicyChange, StoreError, Tenant,
 };
 
 /// Named limits of the PostgreSQL backend.
@@ -231,6 +232,44 @@ fn api_key_from(row: &Row) -> Result<(i64, ApiKeyRecord), StoreError> {
         rotated_from: row.get::<_, Option<&str>>(12).map(KeyId::parse).transpose().map_err(corrupt("rotated_from"))?,
     };
     Ok((row.get(0), record))
+}
+
+/// Lock id serialising Authority key rotations across instances ("LSAUTHKY"), so that two
+/// concurrent rotations cannot both leave their key unsuperseded.
+const AUTHORITY_ROTATION_LOCK: i64 = 0x4c53_4155_5448_4b59;
+
+const AUTHORITY_KEY_COLUMNS: &str = "kid, algorithm, public_key, sealed_private_key, created_at, superseded_at";
+
+fn authority_key_from(row: &Row) -> AuthorityKeyRecord {
+    AuthorityKeyRecord {
+        kid: row.get(0),
+        algorithm: row.get(1),
+        public_key: row.get(2),
+        sealed_private_key: row.get(3),
+        created_at: Timestamp::from_micros(row.get(4)),
+        superseded_at: ts(row.get(5)),
+    }
+}
+
+const IDENTITY_PROVIDER_COLUMNS: &str = "id, tenant_id, issuer, jwks_uri, audiences, algorithms, subject_claim, \
+     scope_claim, leeway_seconds, required_claims, created_at";
+
+fn identity_provider_from(row: &Row) -> Result<IdentityProviderRecord, StoreError> {
+    let leeway_seconds: i64 = row.get(8);
+    Ok(IdentityProviderRecord {
+        id: ProviderId::parse(row.get(0)).map_err(corrupt("provider id"))?,
+        tenant_id: TenantId::parse(row.get(1)).map_err(corrupt("provider tenant"))?,
+        issuer: row.get(2),
+        jwks_uri: row.get(3),
+        audiences: strings_from_json(row.get(4), "provider audiences")?,
+        algorithms: strings_from_json(row.get(5), "provider algorithms")?,
+        subject_claim: row.get(6),
+        scope_claim: row.get(7),
+        leeway_seconds: u32::try_from(leeway_seconds)
+            .map_err(|_| StoreError::Corrupt(format!("provider leeway {leeway_seconds}")))?,
+        required_claims: strings_from_json(row.get(9), "provider required claims")?,
+        created_at: Timestamp::from_micros(row.get(10)),
+    })
 }
 
 const ACCOUNT_COLUMNS: &str =
@@ -450,6 +489,100 @@ impl LedgerStore for PgStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn authority_keys(&self) -> Result<Vec<AuthorityKeyRecord>, StoreError> {
+        let sql = format!("SELECT {AUTHORITY_KEY_COLUMNS} FROM authority_keys ORDER BY created_at, seq");
+        let rows = self.client().await?.query(&sql, &[]).await?;
+        Ok(rows.iter().map(authority_key_from).collect())
+    }
+
+    async fn rotate_authority_key(&self, new: AuthorityKeyRecord) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUTHORITY_ROTATION_LOCK]).await?;
+        tx.execute(
+            "INSERT INTO authority_keys (kid, algorithm, public_key, sealed_private_key, created_at, superseded_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &new.kid,
+                &new.algorithm,
+                &new.public_key,
+                &new.sealed_private_key,
+                &new.created_at.micros(),
+                &new.superseded_at.map(Timestamp::micros),
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE authority_keys SET superseded_at = $1 WHERE superseded_at IS NULL AND kid <> $2",
+            &[&new.created_at.micros(), &new.kid],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_identity_provider(&self, provider: IdentityProviderRecord) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO identity_providers (id, tenant_id, issuer, jwks_uri, audiences, algorithms, subject_claim,
+                   scope_claim, leeway_seconds, required_claims, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &provider.id.as_str(),
+                    &provider.tenant_id.as_str(),
+                    &provider.issuer,
+                    &provider.jwks_uri,
+                    &strings_json(&provider.audiences),
+                    &strings_json(&provider.algorithms),
+                    &provider.subject_claim,
+                    &provider.scope_claim,
+                    &i64::from(provider.leeway_seconds),
+                    &strings_json(&provider.required_claims),
+                    &provider.created_at.micros(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn identity_provider(
+        &self,
+        tenant: &TenantId,
+        id: &ProviderId,
+    ) -> Result<Option<IdentityProviderRecord>, StoreError> {
+        let sql =
+            format!("SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE id = $1 AND tenant_id = $2");
+        let row = self.client().await?.query_opt(&sql, &[&id.as_str(), &tenant.as_str()]).await?;
+        row.map(|r| identity_provider_from(&r)).transpose()
+    }
+
+    async fn identity_provider_by_issuer(&self, issuer: &str) -> Result<Option<IdentityProviderRecord>, StoreError> {
+        let sql = format!("SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE issuer = $1");
+        let row = self.client().await?.query_opt(&sql, &[&issuer]).await?;
+        row.map(|r| identity_provider_from(&r)).transpose()
+    }
+
+    async fn identity_providers(&self, tenant: &TenantId) -> Result<Vec<IdentityProviderRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE tenant_id = $1 ORDER BY created_at, seq"
+        );
+        let rows = self.client().await?.query(&sql, &[&tenant.as_str()]).await?;
+        rows.iter().map(identity_provider_from).collect()
+    }
+
+    async fn delete_identity_provider(&self, tenant: &TenantId, id: &ProviderId) -> Result<bool, StoreError> {
+        let deleted = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM identity_providers WHERE id = $1 AND tenant_id = $2",
+                &[&id.as_str(), &tenant.as_str()],
+            )
+            .await?;
+        Ok(deleted > 0)
     }
 
     async fn is_initialized(&self) -> Result<bool, StoreError> {

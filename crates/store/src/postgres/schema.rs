@@ -89,6 +89,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, key)
     );
     "#,
+    // 2: the token Authority's signing keys and tenants' external identity providers.
+    r#"
+    CREATE TABLE authority_keys (
+        seq                BIGSERIAL PRIMARY KEY,
+        kid                TEXT NOT NULL UNIQUE,
+        algorithm          TEXT NOT NULL,
+        public_key         BYTEA NOT NULL,
+        sealed_private_key BYTEA NOT NULL,
+        created_at         BIGINT NOT NULL,
+        superseded_at      BIGINT
+    );
+    CREATE TABLE identity_providers (
+        seq             BIGSERIAL PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        tenant_id       TEXT NOT NULL,
+        issuer          TEXT NOT NULL UNIQUE,
+        jwks_uri        TEXT NOT NULL,
+        audiences       TEXT NOT NULL,
+        algorithms      TEXT NOT NULL,
+        subject_claim   TEXT NOT NULL,
+        scope_claim     TEXT NOT NULL,
+        leeway_seconds  BIGINT NOT NULL,
+        required_claims TEXT NOT NULL,
+        created_at      BIGINT NOT NULL
+    );
+    CREATE INDEX identity_providers_by_tenant ON identity_providers (tenant_id, created_at, seq);
+    "#,
 ];
 
 /// Applies every migration the database has not seen, all under one advisory lock.

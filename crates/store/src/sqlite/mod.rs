@@ -9,15 +9,20 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, TenantId, Timestamp};
+use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, ProviderId, TenantId, Timestamp};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use self::rows::{api_key_from_row, event_from_row, load_account, load_event, API_KEY_COLUMNS};
+use self::rows::{
+    api_key_from_row, authority_key_from_row, event_from_row, identity_provider_from_row, load_account, load_event,
+    API_KEY_COLUMNS, AUTHORITY_KEY_COLUMNS, IDENTITY_PROVIDER_COLUMNS,
+};
 use self::writer::{AccountCache, AdminOp, WriteOp, Writer};
+use crate::codec::strings_json;
 use crate::{
-    AccountView, ApiKeyRecord, Clock, EventFilter, Execution, LedgerStore, Page, PolicyChange, StoreError, Tenant,
+    AccountView, ApiKeyRecord, AuthorityKeyRecord, Clock, EventFilter, Execution, IdentityProviderRecord, LedgerStore,
+    Page, PolicyChange, StoreError, Tenant,
 };
 
 /// Named limits of the SQLite backend.
@@ -433,6 +438,120 @@ impl LedgerStore for SqliteStore {
                 stmt.execute(params![id.as_str(), at.micros()])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn authority_keys(&self) -> Result<Vec<AuthorityKeyRecord>, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {AUTHORITY_KEY_COLUMNS} FROM authority_keys ORDER BY created_at, seq");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], authority_key_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn rotate_authority_key(&self, new: AuthorityKeyRecord) -> Result<(), StoreError> {
+        // One admin operation: the insert and the supersession commit together or not at all.
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO authority_keys (kid, algorithm, public_key, sealed_private_key, created_at, superseded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    new.kid,
+                    new.algorithm,
+                    new.public_key,
+                    new.sealed_private_key,
+                    new.created_at.micros(),
+                    new.superseded_at.map(Timestamp::micros),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            conn.execute(
+                "UPDATE authority_keys SET superseded_at = ?1 WHERE superseded_at IS NULL AND kid <> ?2",
+                params![new.created_at.micros(), new.kid],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_identity_provider(&self, provider: IdentityProviderRecord) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO identity_providers (id, tenant_id, issuer, jwks_uri, audiences, algorithms, subject_claim,
+                   scope_claim, leeway_seconds, required_claims, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    provider.id.as_str(),
+                    provider.tenant_id.as_str(),
+                    provider.issuer,
+                    provider.jwks_uri,
+                    strings_json(&provider.audiences),
+                    strings_json(&provider.algorithms),
+                    provider.subject_claim,
+                    provider.scope_claim,
+                    i64::from(provider.leeway_seconds),
+                    strings_json(&provider.required_claims),
+                    provider.created_at.micros(),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn identity_provider(
+        &self,
+        tenant: &TenantId,
+        id: &ProviderId,
+    ) -> Result<Option<IdentityProviderRecord>, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |conn| {
+            let sql =
+                format!("SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE id = ?1 AND tenant_id = ?2");
+            let row = conn
+                .prepare_cached(&sql)?
+                .query_row([id.as_str(), tenant.as_str()], identity_provider_from_row)
+                .optional()?;
+            row.transpose()
+        })
+        .await
+    }
+
+    async fn identity_provider_by_issuer(&self, issuer: &str) -> Result<Option<IdentityProviderRecord>, StoreError> {
+        let issuer = issuer.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE issuer = ?1");
+            let row = conn.prepare_cached(&sql)?.query_row([issuer.as_str()], identity_provider_from_row).optional()?;
+            row.transpose()
+        })
+        .await
+    }
+
+    async fn identity_providers(&self, tenant: &TenantId) -> Result<Vec<IdentityProviderRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {IDENTITY_PROVIDER_COLUMNS} FROM identity_providers WHERE tenant_id = ?1 ORDER BY created_at, seq"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([tenant.as_str()], identity_provider_from_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn delete_identity_provider(&self, tenant: &TenantId, id: &ProviderId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.admin(move |conn, _, _| {
+            let deleted = conn.execute(
+                "DELETE FROM identity_providers WHERE id = ?1 AND tenant_id = ?2",
+                [id.as_str(), tenant.as_str()],
+            )?;
+            Ok(deleted > 0)
         })
         .await
     }

@@ -1,13 +1,13 @@
 //! Mapping between rows and domain values, shared by the writer and the readers.
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, SubjectId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, ProviderId, SubjectId, TenantId, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub(crate) use crate::codec::event_from_row;
-use crate::codec::{corrupt, event_body, scopes_from_json};
-use crate::{ApiKeyRecord, StoreError};
+use crate::codec::{corrupt, event_body, scopes_from_json, strings_from_json};
+use crate::{ApiKeyRecord, AuthorityKeyRecord, IdentityProviderRecord, StoreError};
 
 pub fn ts(micros: Option<i64>) -> Option<Timestamp> {
     micros.map(Timestamp::from_micros)
@@ -130,6 +130,50 @@ pub fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<Result<(i64, ApiKeyReco
                 rotated_from: rotated_from.as_deref().map(KeyId::parse).transpose().map_err(corrupt("rotated_from"))?,
             },
         ))
+    };
+    Ok(build())
+}
+
+pub const AUTHORITY_KEY_COLUMNS: &str = "kid, algorithm, public_key, sealed_private_key, created_at, superseded_at";
+
+pub fn authority_key_from_row(r: &Row<'_>) -> rusqlite::Result<AuthorityKeyRecord> {
+    Ok(AuthorityKeyRecord {
+        kid: r.get(0)?,
+        algorithm: r.get(1)?,
+        public_key: r.get(2)?,
+        sealed_private_key: r.get(3)?,
+        created_at: Timestamp::from_micros(r.get(4)?),
+        superseded_at: ts(r.get(5)?),
+    })
+}
+
+pub const IDENTITY_PROVIDER_COLUMNS: &str = "id, tenant_id, issuer, jwks_uri, audiences, algorithms, subject_claim, \
+     scope_claim, leeway_seconds, required_claims, created_at";
+
+pub fn identity_provider_from_row(r: &Row<'_>) -> rusqlite::Result<Result<IdentityProviderRecord, StoreError>> {
+    let id: String = r.get(0)?;
+    let tenant: String = r.get(1)?;
+    let (issuer, jwks_uri) = (r.get(2)?, r.get(3)?);
+    let (audiences, algorithms): (String, String) = (r.get(4)?, r.get(5)?);
+    let (subject_claim, scope_claim) = (r.get(6)?, r.get(7)?);
+    let leeway_seconds: i64 = r.get(8)?;
+    let required_claims: String = r.get(9)?;
+    let created_at: i64 = r.get(10)?;
+    let build = || -> Result<IdentityProviderRecord, StoreError> {
+        Ok(IdentityProviderRecord {
+            id: ProviderId::parse(&id).map_err(corrupt("provider id"))?,
+            tenant_id: TenantId::parse(&tenant).map_err(corrupt("provider tenant"))?,
+            issuer,
+            jwks_uri,
+            audiences: strings_from_json(&audiences, "provider audiences")?,
+            algorithms: strings_from_json(&algorithms, "provider algorithms")?,
+            subject_claim,
+            scope_claim,
+            leeway_seconds: u32::try_from(leeway_seconds)
+                .map_err(|_| StoreError::Corrupt(format!("provider leeway {leeway_seconds}")))?,
+            required_claims: strings_from_json(&required_claims, "provider required claims")?,
+            created_at: Timestamp::from_micros(created_at),
+        })
     };
     Ok(build())
 }

@@ -86,6 +86,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, key)
     ) WITHOUT ROWID;
     "#,
+    // 2: the token Authority's signing keys and tenants' external identity providers.
+    r#"
+    CREATE TABLE authority_keys (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        kid                TEXT NOT NULL UNIQUE,
+        algorithm          TEXT NOT NULL,
+        public_key         BLOB NOT NULL,
+        sealed_private_key BLOB NOT NULL,
+        created_at         INTEGER NOT NULL,
+        superseded_at      INTEGER
+    );
+    CREATE TABLE identity_providers (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        tenant_id       TEXT NOT NULL,
+        issuer          TEXT NOT NULL UNIQUE,
+        jwks_uri        TEXT NOT NULL,
+        audiences       TEXT NOT NULL,
+        algorithms      TEXT NOT NULL,
+        subject_claim   TEXT NOT NULL,
+        scope_claim     TEXT NOT NULL,
+        leeway_seconds  INTEGER NOT NULL,
+        required_claims TEXT NOT NULL,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE INDEX identity_providers_by_tenant ON identity_providers (tenant_id, created_at, seq);
+    "#,
 ];
 
 /// Applies every migration the database has not seen, each in its own transaction.
