@@ -150,7 +150,16 @@ fn two_instances_on_one_database_keep_one_exact_ledger() {
     let starting: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || common::process::serve(&["--database-url", &url]))
+            std::thread::spawn(move || {
+                common::process::serve(&[
+                    "--database-url",
+                    &url,
+                    "--master-key",
+                    SHARED_MASTER_KEY,
+                    "--public-url",
+                    "http://licenseseal.test",
+                ])
+            })
         })
         .collect();
     let mut served: Vec<_> = starting.into_iter().map(|s| s.join().unwrap()).collect();
@@ -238,6 +247,46 @@ fn two_instances_on_one_database_keep_one_exact_ledger() {
         let (_, account) = common::process::get(&client, &b.base, &format!("/v1/accounts/{subject}"), &key);
         assert_eq!(account["balance"].as_i64(), Some(sum), "{subject}: balance = Σ deltas");
     }
+
+    // Authority tokens: issued by one instance, accepted by the other; a rotation made on one
+    // instance is picked up by the other when it first meets the new kid.
+    let token = |base: &str| {
+        let r = client
+            .post(format!("{base}/v1/authority/token"))
+            .bearer_auth(&key)
+            .form(&[("grant_type", "client_credentials"), ("scope", "ledger.read")])
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<serde_json::Value>().unwrap()["access_token"].as_str().unwrap().to_owned()
+    };
+    let from_a = token(&a.base);
+    assert_eq!(common::process::get(&client, &b.base, "/v1/accounts/s0", &from_a).0, 200);
+    let (status, rotated) = common::process::post(&client, &b.base, "/v1/authority/rotate", &operator, None, json!({}));
+    assert_eq!(status, 200, "{rotated}");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // the unknown-kid reload cooldown
+    let from_b = token(&b.base);
+    assert_eq!(common::process::get(&client, &a.base, "/v1/accounts/s0", &from_b).0, 200);
+    assert_eq!(common::process::get(&client, &a.base, "/v1/accounts/s0", &from_a).0, 200);
     a.stop();
     b.stop();
+}
+
+/// Base64 of 32 bytes, shared by instances of one deployment (tests only).
+const SHARED_MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A PostgreSQL deployment must name its master key: instances cannot each generate one.
+#[test]
+fn postgres_serve_refuses_to_start_without_a_master_key() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = runtime.block_on(fresh_schema_url()) else { return common::skipped() };
+    let out = std::process::Command::new(common::process::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env_remove("LICENSESEAL_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LICENSESEAL_MASTER_KEY"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
