@@ -302,7 +302,7 @@ mod tests {
     }
 
     fn check(spec: ProviderSpec) -> Result<IdentityProviderRecord, SpecError> {
-        spec.validate(TenantId::parse("ten_a").unwrap(), &ProvidersConfig::default(), Timestamp::from_micros(0))
+        spec.validate(TenantId::from_uuid(uuid::Uuid::now_v7()), &ProvidersConfig::default(), Timestamp::from_micros(0))
     }
 
     #[test]

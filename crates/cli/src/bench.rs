@@ -87,6 +87,29 @@ pub struct BenchArgs {
     /// hold the gateway's store and a one-transaction-per-debit baseline run with pgbench.
     #[arg(long, env = "LICENSESEAL_BENCH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The credential the debits carry: the API key itself, or an Authority token obtained
+    /// for it from `POST /v1/authority/token`.
+    #[arg(long, value_enum, default_value_t = BenchAuth::ApiKey)]
+    auth: BenchAuth,
+    /// Instead of the HTTP workloads, time credential checks in-process: a new Authority token
+    /// (parse + Ed25519 + claims), the same token again (verified-token cache), and an API key.
+    #[arg(long)]
+    verify_only: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchAuth {
+    ApiKey,
+    Token,
+}
+
+impl BenchAuth {
+    fn name(self) -> &'static str {
+        match self {
+            BenchAuth::ApiKey => "API key",
+            BenchAuth::Token => "Authority token",
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -95,7 +118,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ensure!(args.duration_secs >= 1, "--duration-secs must be at least 1");
     let duration = Duration::from_secs(args.duration_secs);
     let subjects: Arc<[String]> = (0..args.subjects).map(|i| format!("bench-subject-{i}")).collect();
-    let spread = Spread { subjects: args.subjects, connections: args.connections, hot: args.hot };
+    let spread = Spread { subjects: args.subjects, connections: args.connections, hot: args.hot, auth: args.auth };
+    if args.verify_only {
+        return verify_only().await;
+    }
 
     let database_url = args.database_url.as_deref().map(str::trim).filter(|url| !url.is_empty());
     let (measured, backend) = match database_url {
@@ -192,8 +218,12 @@ async fn measure_gateway(
 
     eprintln!("bench: GET /healthz ceiling ({duration:?})");
     let healthz = load(addr, spread.connections, duration, healthz_requests(), StatusCode::OK).await?;
-    eprintln!("bench: POST /v1/debits ({duration:?})");
-    let debits = debit_requests(&key, subjects.clone(), spread)?;
+    let credential = match spread.auth {
+        BenchAuth::ApiKey => key.clone(),
+        BenchAuth::Token => authority_token(addr, &key).await?,
+    };
+    eprintln!("bench: POST /v1/debits with an {} ({duration:?})", spread.auth.name());
+    let debits = debit_requests(&credential, subjects.clone(), spread)?;
     let debits = load(addr, spread.connections, duration, debits, StatusCode::CREATED).await?;
     eprintln!("bench: store only, no HTTP ({duration:?})");
     let store_only = store_only(&gateway.store, &tenant, subjects, spread, duration).await?;
@@ -254,6 +284,7 @@ struct Spread {
     subjects: usize,
     connections: usize,
     hot: bool,
+    auth: BenchAuth,
 }
 
 impl Spread {
@@ -273,6 +304,7 @@ struct Gateway {
     addr: SocketAddr,
     operator_key: String,
     store: Arc<dyn LedgerStore>,
+    state: AppState,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -290,9 +322,9 @@ async fn start_gateway(store: Arc<dyn LedgerStore>, store_name: &str) -> anyhow:
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let task = tokio::spawn(licenseseal_server::serve(listener, state, shutdown));
+    let task = tokio::spawn(licenseseal_server::serve(listener, state.clone(), shutdown));
     eprintln!("bench: gateway on {addr}, {store_name}");
-    Ok(Gateway { addr, operator_key, store, stop, task })
+    Ok(Gateway { addr, operator_key, store, state, stop, task })
 }
 
 impl Gateway {
@@ -398,6 +430,71 @@ async fn grant_all(addr: SocketAddr, key: &str, subjects: &Arc<[String]>, connec
         joined.context("a grant task failed")??;
     }
     Ok(())
+}
+
+/// Exchanges `key` for an Authority token lasting an hour (longer than any run).
+async fn authority_token(addr: SocketAddr, key: &str) -> anyhow::Result<String> {
+    let mut sender = connect(addr).await?;
+    let body = json!({ "grant_type": "client_credentials", "expires_in": 3600 });
+    let request = json_request("/v1/authority/token", key, None, &body)?;
+    let token = call(&mut sender, request, StatusCode::OK).await?;
+    token["access_token"].as_str().map(str::to_owned).context("the token response has no access_token")
+}
+
+// --- Credential checks in-process --------------------------------------------------------
+
+/// Credential checks timed one at a time, in-process (no HTTP): the cost a request pays for
+/// authentication. Prints medians and p99s in microseconds.
+async fn verify_only() -> anyhow::Result<()> {
+    const TOKENS: usize = 20_000;
+    let (_temp, root) = bench_root(None)?;
+    let store = crate::open_store(&root.join("gateway"), SqliteConfig::default())?;
+    let gateway = start_gateway(store, "verify-only").await?;
+    let (_, key) = tenant_key(gateway.addr, &gateway.operator_key).await?;
+    let auth = &gateway.state.auth;
+    let now = SystemClock.now();
+    let principal = auth.bearer(&key, now).await?;
+    let request = licenseseal_auth::authority::TokenRequest::default();
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|_| auth.authority.issue(&principal, &request, now).map(|t| t.access_token))
+        .collect::<Result<_, _>>()?;
+    let timed = |label: &str, samples: Vec<Duration>| {
+        let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        us.sort_by(f64::total_cmp);
+        let at = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
+        println!("| {label} | {} | {:.2} | {:.2} | {:.2} |", us.len(), at(0.5), at(0.9), at(0.99));
+    };
+    println!(
+        "## licenseseal bench --verify-only
+"
+    );
+    let machine = Machine::detect();
+    println!(
+        "Machine: {} (nproc {}). One check at a time, in-process.
+",
+        machine.cpu, machine.nproc
+    );
+    println!("| Check | Samples | p50 (µs) | p90 (µs) | p99 (µs) |");
+    println!("|---|---:|---:|---:|---:|");
+    for pass in ["new Authority token (parse, Ed25519, claims, chain)", "same token again (verified-token cache)"] {
+        let mut samples = Vec::with_capacity(TOKENS);
+        for token in &tokens {
+            let started = Instant::now();
+            let checked = auth.bearer(token, now).await;
+            samples.push(started.elapsed());
+            checked?;
+        }
+        timed(pass, samples);
+    }
+    let mut samples = Vec::with_capacity(TOKENS);
+    for _ in 0..TOKENS {
+        let started = Instant::now();
+        let checked = auth.bearer(&key, now).await;
+        samples.push(started.elapsed());
+        checked?;
+    }
+    timed("API key (cached record)", samples);
+    gateway.stop().await
 }
 
 // --- Workloads over HTTP -----------------------------------------------------------------
@@ -1052,6 +1149,7 @@ struct Settings {
     duration_secs: u64,
     warm_up_secs: u64,
     hot: bool,
+    auth: &'static str,
 }
 
 impl From<&BenchArgs> for Settings {
@@ -1062,6 +1160,7 @@ impl From<&BenchArgs> for Settings {
             duration_secs: args.duration_secs,
             warm_up_secs: WARM_UP.as_secs(),
             hot: args.hot,
+            auth: args.auth.name(),
         }
     }
 }
@@ -1110,8 +1209,8 @@ impl Summary {
             );
         }
         println!(
-            "{} connections, {} s measured after a {} s warm-up; debits of 1 {spread}.\n",
-            s.connections, s.duration_secs, s.warm_up_secs
+            "{} connections, {} s measured after a {} s warm-up; debits of 1 {spread}, authenticated with an {}.\n",
+            s.connections, s.duration_secs, s.warm_up_secs, s.auth
         );
         println!("| Workload | Throughput (/s) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | Failures |");
         println!("|---|---:|---:|---:|---:|---:|---:|");
