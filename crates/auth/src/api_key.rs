@@ -121,6 +121,10 @@ impl ApiKeys {
         }
     }
 
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
+    }
+
     /// Generates a new key from the operating system's random source.
     pub fn generate() -> NewApiKey {
         let mut bytes = [0u8; KEY_RANDOM_BYTES];

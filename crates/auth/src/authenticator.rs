@@ -5,14 +5,19 @@
 //! costs a hash and a lookup instead of a signature check. The credential the token hangs on
 //! is checked on every use, from memory, so revocation still ends it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use licenseseal_ledger::Timestamp;
+use licenseseal_ledger::{TenantId, Timestamp};
+use licenseseal_store::TenantSettings;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::authority::{Authority, Root, VerifiedToken};
+use crate::mtls::Mtls;
 use crate::providers::Providers;
-use crate::{jose, ApiKeys, AuthError, FailureReason, Principal};
+use crate::{jose, ApiKeys, AuthError, AuthMethod, FailureReason, Principal};
 
 /// Longest bearer token accepted.
 pub const TOKEN_BYTES_MAX: usize = 8192;
@@ -21,12 +26,71 @@ pub struct Authenticator {
     pub keys: ApiKeys,
     pub authority: Authority,
     pub providers: Providers,
+    pub mtls: Mtls,
     verified: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    settings: Mutex<HashMap<TenantId, (Arc<TenantSettings>, Instant)>>,
 }
 
+/// Most tenants whose settings are cached before the cache is cleared.
+const SETTINGS_CACHED_MAX: usize = 10_000;
+
 impl Authenticator {
-    pub fn new(keys: ApiKeys, authority: Authority, providers: Providers, verified_entries_max: usize) -> Self {
-        Authenticator { keys, authority, providers, verified: quick_cache::sync::Cache::new(verified_entries_max) }
+    pub fn new(
+        keys: ApiKeys,
+        authority: Authority,
+        providers: Providers,
+        mtls: Mtls,
+        verified_entries_max: usize,
+    ) -> Self {
+        Authenticator {
+            keys,
+            authority,
+            providers,
+            mtls,
+            verified: quick_cache::sync::Cache::new(verified_entries_max),
+            settings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A tenant's authentication settings, cached for `ttl`.
+    pub async fn settings(&self, tenant: &TenantId, ttl: Duration) -> Result<Arc<TenantSettings>, AuthError> {
+        if let Some((settings, at)) = self.settings.lock().get(tenant) {
+            if at.elapsed() < ttl {
+                return Ok(settings.clone());
+            }
+        }
+        let settings = Arc::new(self.keys_store().tenant_settings(tenant).await?);
+        let mut cache = self.settings.lock();
+        if cache.len() >= SETTINGS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(tenant.clone(), (settings.clone(), Instant::now()));
+        Ok(settings)
+    }
+
+    /// Forgets cached tenant settings (after a change made here).
+    pub fn invalidate_settings(&self) {
+        self.settings.lock().clear();
+        self.mtls.invalidate();
+    }
+
+    /// Refuses a principal whose tenant does not accept its authentication method.
+    pub async fn check_method(&self, principal: &Principal, ttl: Duration) -> Result<(), AuthError> {
+        let Some(tenant) = &principal.tenant_id else { return Ok(()) };
+        let settings = self.settings(tenant, ttl).await?;
+        let allowed = match &settings.auth_methods {
+            None => true,
+            Some(methods) => methods.iter().any(|m| AuthMethod::parse(m) == Some(principal.method)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::Unauthenticated(FailureReason::MethodNotAllowed))
+        }
+    }
+
+    fn keys_store(&self) -> &Arc<dyn licenseseal_store::LedgerStore> {
+        self.keys.store()
     }
 
     /// Resolves a bearer credential (the text after `Bearer `).

@@ -11,6 +11,7 @@ mod authenticator;
 pub mod authority;
 pub mod jose;
 pub mod jwks;
+pub mod mtls;
 mod principal;
 pub mod providers;
 pub mod seal;
@@ -62,6 +63,18 @@ pub enum FailureReason {
     InvalidSubject,
     #[error("the credential this token came from is no longer valid")]
     ChainRevoked,
+    #[error("client certificate without the clientAuth extended key usage")]
+    NotClientAuth,
+    #[error("client certificate matches no identity rule")]
+    NoIdentityRule,
+    #[error("the tenant does not accept this authentication method")]
+    MethodNotAllowed,
+    #[error("request signature refused")]
+    BadRequestSignature,
+    #[error("request signature nonce replayed")]
+    Replayed,
+    #[error("the mTLS connection belongs to another host")]
+    MisdirectedCertificate,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,10 @@ pub enum AuthMethod {
     AuthorityToken,
     /// A token of an external identity provider the tenant registered.
     IdpToken,
+    /// An RFC 9421 signed request.
+    HttpSignature,
+    /// A client certificate verified in the TLS handshake.
+    Mtls,
 }
 
 impl AuthMethod {
@@ -17,7 +21,21 @@ impl AuthMethod {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::AuthorityToken => "authority_token",
             AuthMethod::IdpToken => "idp_token",
+            AuthMethod::HttpSignature => "http_signature",
+            AuthMethod::Mtls => "mtls",
         }
+    }
+
+    pub const ALL: [AuthMethod; 5] = [
+        AuthMethod::ApiKey,
+        AuthMethod::AuthorityToken,
+        AuthMethod::IdpToken,
+        AuthMethod::HttpSignature,
+        AuthMethod::Mtls,
+    ];
+
+    pub fn parse(s: &str) -> Option<AuthMethod> {
+        AuthMethod::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -62,6 +62,15 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Also listen with TLS here (client certificates requested, not required).
+    #[arg(long, env = "LICENSESEAL_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener.
+    #[arg(long, env = "LICENSESEAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long, env = "LICENSESEAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +99,9 @@ struct FileConfig {
     public_url: Option<String>,
     token_ttl_seconds: Option<u64>,
     jwks_extra_ca_file: Option<PathBuf>,
+    tls_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A value that may hold a password: never printed, only handed to the driver.
@@ -127,6 +139,16 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub token_ttl_seconds: Option<u64>,
     pub jwks_extra_ca_file: Option<PathBuf>,
+    /// The TLS listener: address, certificate chain and key files.
+    pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+}
+
+/// The TLS settings given on the command line or in the environment.
+#[derive(Default)]
+pub struct TlsArgs {
+    pub listen: Option<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -136,13 +158,20 @@ impl Settings {
         listen: Option<SocketAddr>,
         database_url: Option<Secret>,
         auth: AuthArgs,
+        tls: TlsArgs,
     ) -> anyhow::Result<Self> {
         let file = match config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => read_file(Path::new(DEFAULT_CONFIG_FILE))?,
             None => FileConfig::default(),
         };
+        let tls = match (tls.listen.or(file.tls_listen), tls.cert.or(file.tls_cert), tls.key.or(file.tls_key)) {
+            (Some(listen), Some(cert), Some(key)) => Some((listen, cert, key)),
+            (None, None, None) => None,
+            _ => anyhow::bail!("the TLS listener needs all of tls_listen, tls_cert and tls_key"),
+        };
         Ok(Settings {
+            tls,
             data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen: listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
             database_url: database_url.or(file.database_url),

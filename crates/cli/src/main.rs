@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use licenseseal_auth::authority::{Authority, AuthorityConfig};
 use licenseseal_auth::seal::MasterKey;
 use licenseseal_auth::ApiKeys;
-use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_server::{AppState, ServerConfig, TlsIdentity};
 use licenseseal_store::postgres::{PgConfig, PgStore};
 use licenseseal_store::sqlite::{SqliteConfig, SqliteStore};
 use licenseseal_store::{Clock, LedgerStore, SystemClock};
@@ -120,8 +120,14 @@ async fn open_configured(settings: &config::Settings) -> anyhow::Result<Arc<dyn 
 }
 
 async fn init(args: config::InitArgs) -> anyhow::Result<()> {
-    let settings =
-        config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url, Default::default())?;
+    let settings = config::Settings::load(
+        args.config.as_deref(),
+        args.data_dir,
+        None,
+        args.database_url,
+        Default::default(),
+        Default::default(),
+    )?;
     let existing = if settings.database_url.is_some() {
         let store = open_configured(&settings).await?;
         let initialised = store.is_initialized().await?;
@@ -151,8 +157,18 @@ async fn init(args: config::InitArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let tls = config::TlsArgs { listen: args.tls_listen, cert: args.tls_cert, key: args.tls_key };
     let settings =
-        config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url, args.auth)?;
+        config::Settings::load(args.config.as_deref(), args.data_dir, args.listen, args.database_url, args.auth, tls)?;
+    // Read the TLS identity before anything else, so a bad certificate fails fast.
+    let tls = match &settings.tls {
+        Some((listen, cert, key)) => {
+            let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+            let identity = TlsIdentity::from_pem(&read(cert)?, &read(key)?)?;
+            Some((*listen, Arc::new(identity)))
+        }
+        None => None,
+    };
     let store = open_configured(&settings).await?;
     let master_key = master_key(&settings)?;
     if let Some(secret) = create_operator_key(store.as_ref()).await? {
@@ -165,8 +181,18 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = server_config(&settings, master_key, listener.local_addr()?)?;
     let state = AppState::new(store, clock, config).await.context("cannot start the gateway")?;
+    let tls = match tls {
+        Some((addr, identity)) => {
+            let tls_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen with TLS on {addr}"))?;
+            tracing::info!(tls_address = %tls_listener.local_addr()?, "TLS listener (client certificates requested)");
+            Some((tls_listener, identity))
+        }
+        None => None,
+    };
     tracing::info!(listen = %listener.local_addr()?, store = %settings.store_name(), "licenseseal serving");
-    licenseseal_server::serve(listener, state, shutdown_signal()).await?;
+    licenseseal_server::serve_with_tls(listener, tls, state, shutdown_signal()).await?;
     tracing::info!("licenseseal stopped");
     Ok(())
 }
@@ -237,7 +263,14 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 async fn rotate_key(args: config::RotateKeyArgs) -> anyhow::Result<()> {
-    let settings = config::Settings::load(args.config.as_deref(), args.data_dir, None, args.database_url, args.auth)?;
+    let settings = config::Settings::load(
+        args.config.as_deref(),
+        args.data_dir,
+        None,
+        args.database_url,
+        args.auth,
+        Default::default(),
+    )?;
     let store = open_configured(&settings).await?;
     let master_key = master_key(&settings)?;
     let now = SystemClock.now();

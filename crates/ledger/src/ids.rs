@@ -70,6 +70,18 @@ string_id!(
     ProviderId
 );
 string_id!(
+    /// `sig_` + a time-ordered UUID: a tenant's RFC 9421 request-signing key.
+    SigningKeyId
+);
+string_id!(
+    /// `ca_` + a time-ordered UUID: a tenant's trust anchor for client certificates.
+    ClientCaId
+);
+string_id!(
+    /// `cid_` + a time-ordered UUID: a mapping from a client certificate to a principal.
+    ClientIdentityId
+);
+string_id!(
     /// A client-chosen key naming one logical attempt: 1–255 printable ASCII characters.
     IdempotencyKey
 );
@@ -150,6 +162,9 @@ uuid_id!(TenantId, "ten_", "tenant id");
 uuid_id!(EventId, "evt_", "event id");
 uuid_id!(KeyId, "key_", "api key id");
 uuid_id!(ProviderId, "idp_", "identity provider id");
+uuid_id!(SigningKeyId, "sig_", "signing key id");
+uuid_id!(ClientCaId, "ca_", "client CA id");
+uuid_id!(ClientIdentityId, "cid_", "client identity id");
 
 #[cfg(test)]
 mod tests {
@@ -190,5 +205,23 @@ mod tests {
         for bad in ["idp_", "key_01900000000070008000000000000001", "idp_0190000000007000800000000000000A"] {
             assert!(ProviderId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credential_ids_carry_their_own_prefix() {
+        let uuid = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+        let sig = SigningKeyId::from_uuid(uuid);
+        let ca = ClientCaId::from_uuid(uuid);
+        let cid = ClientIdentityId::from_uuid(uuid);
+        assert_eq!(sig.as_str(), "sig_01900000000070008000000000000001");
+        assert_eq!(ca.as_str(), "ca_01900000000070008000000000000001");
+        assert_eq!(cid.as_str(), "cid_01900000000070008000000000000001");
+        assert_eq!(SigningKeyId::parse(sig.as_str()).unwrap(), sig);
+        assert_eq!(ClientCaId::parse(ca.as_str()).unwrap(), ca);
+        assert_eq!(ClientIdentityId::parse(cid.as_str()).unwrap(), cid);
+        assert!(SigningKeyId::parse(ca.as_str()).is_err());
+        assert!(ClientCaId::parse(cid.as_str()).is_err());
+        assert!(ClientIdentityId::parse(sig.as_str()).is_err());
+        assert!(ClientCaId::parse("ca_0190000000007000800000000000000").is_err(), "31 digits");
     }
 }

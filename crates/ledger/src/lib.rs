@@ -21,7 +21,10 @@ pub use command::{Command, CommandKind};
 pub use decide::{decide, sweep_expired, Context, DebitRecord, DecideError, Decision};
 pub use event::{Allocation, Event, EventKind};
 pub use idempotency::{Fingerprint, IdempotencyDecision, StoredOutcome};
-pub use ids::{CreditType, EventId, IdError, IdempotencyKey, KeyId, ProviderId, SubjectId, TenantId};
+pub use ids::{
+    ClientCaId, ClientIdentityId, CreditType, EventId, IdError, IdempotencyKey, KeyId, ProviderId, SigningKeyId,
+    SubjectId, TenantId,
+};
 pub use scope::{Intent, Scopes};
 pub use time::Timestamp;
 

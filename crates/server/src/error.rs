@@ -102,6 +102,9 @@ pub enum ApiError {
     Refused(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A request on a TLS connection opened for another host.
+    #[error("misdirected request")]
+    Misdirected,
     /// Something that must not happen (a damaged signing key, …): an opaque 500, logged.
     #[error("internal: {0}")]
     Internal(String),
@@ -140,6 +143,7 @@ impl ApiError {
                 "store_unavailable",
                 "the ledger store is unavailable; retry with the same Idempotency-Key",
             ),
+            ApiError::Misdirected => ApiError::misdirected_problem(),
             ApiError::Store(_) | ApiError::Internal(_) => Problem::for_status(S::INTERNAL_SERVER_ERROR),
         }
     }

@@ -11,6 +11,8 @@ use licenseseal_auth::{FailureReason, Principal};
 use licenseseal_ledger::{IdempotencyKey, Intent, SubjectId, TenantId};
 use serde::de::DeserializeOwned;
 
+use crate::signed::SignedRequest;
+use crate::tls::TlsPeer;
 use crate::{ApiError, AppState};
 
 /// The id that ties a request to its log lines and its events.
@@ -93,27 +95,48 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
     }
 }
 
-/// Authenticates the request's one credential. A request carrying two (two `Authorization`
-/// headers, or a bearer credential beside an HTTP signature) is refused as ambiguous: no
-/// method is ever picked silently over another.
+/// Authenticates the request's one credential: a bearer credential, an RFC 9421 signature, or
+/// the client certificate of the TLS connection. A request presenting two (two
+/// `Authorization` headers, a bearer credential beside a signature, a credential on a
+/// connection that also presented a certificate) is refused as ambiguous: no method is ever
+/// picked silently over another. The principal's tenant must accept the method.
 pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let fail = |reason: FailureReason| {
         audit(parts, &reason.to_string());
         ApiError::Unauthenticated
     };
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or_else(|| fail(FailureReason::Missing))?;
-    if values.next().is_some() || has_signature(&parts.headers) {
+    let authorization = values.next();
+    let certificate = parts.extensions.get::<TlsPeer>().and_then(|p| Some((p.tenant.clone()?, p.client_cert.clone()?)));
+    let signed = has_signature(&parts.headers);
+    let presented = usize::from(authorization.is_some()) + usize::from(certificate.is_some()) + usize::from(signed);
+    if values.next().is_some() || presented > 1 {
         return Err(fail(FailureReason::Ambiguous));
     }
-    let value = value.to_str().map_err(|_| fail(FailureReason::Malformed))?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(fail(FailureReason::Malformed)),
-    };
     let now = state.clock.now();
-    match state.auth.bearer(token, now).await {
-        Ok(principal) => Ok(principal),
+    let resolved = if let Some((tenant, der)) = certificate {
+        state.auth.mtls.principal(&tenant, der.as_ref(), now).await
+    } else if signed {
+        match parts.extensions.get::<SignedRequest>() {
+            Some(SignedRequest(outcome)) => outcome.clone().map_err(licenseseal_auth::AuthError::Unauthenticated),
+            None => Err(licenseseal_auth::AuthError::Unauthenticated(FailureReason::BadRequestSignature)),
+        }
+    } else {
+        let Some(value) = authorization else { return Err(fail(FailureReason::Missing)) };
+        let value = value.to_str().map_err(|_| fail(FailureReason::Malformed))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(fail(FailureReason::Malformed)),
+        };
+        state.auth.bearer(token, now).await
+    };
+    let principal = match resolved {
+        Ok(principal) => principal,
+        Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => return Err(fail(reason)),
+        Err(e) => return Err(e.into()),
+    };
+    match state.auth.check_method(&principal, state.config.tenant_cache_ttl).await {
+        Ok(()) => Ok(principal),
         Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => Err(fail(reason)),
         Err(e) => Err(e.into()),
     }

@@ -9,6 +9,8 @@ mod cursor;
 mod error;
 mod extract;
 mod routes;
+mod signed;
+mod tls;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -21,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use licenseseal_auth::authority::{Authority, AuthorityConfig};
+use licenseseal_auth::mtls::Mtls;
 use licenseseal_auth::providers::{Providers, ProvidersConfig};
 use licenseseal_auth::seal::MasterKey;
 use licenseseal_auth::{ApiKeys, ApiKeysConfig, Authenticator};
@@ -31,6 +34,7 @@ use parking_lot::Mutex;
 pub use cursor::CursorSigner;
 pub use error::{ApiError, Problem};
 pub use extract::CorrelationId;
+pub use tls::{TlsIdentity, TlsPeer};
 
 /// Named limits of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -53,6 +57,9 @@ pub struct ServerConfig {
     pub providers: ProvidersConfig,
     /// Most verified tokens remembered (each until its `exp`).
     pub verified_tokens_max: usize,
+    /// How long tenant auth settings, mTLS hostnames, CAs and identity rules are trusted
+    /// without asking the store (changes made through this instance apply at once).
+    pub tenant_cache_ttl: Duration,
     /// Seals secrets at rest. The default is a random key per process, fit for tests only;
     /// the binary always loads the configured (or generated-and-kept) key.
     pub master_key: MasterKey,
@@ -72,6 +79,7 @@ impl Default for ServerConfig {
             authority: AuthorityConfig::default(),
             providers: ProvidersConfig::default(),
             verified_tokens_max: 100_000,
+            tenant_cache_ttl: Duration::from_secs(30),
             master_key: MasterKey::generate(),
         }
     }
@@ -109,7 +117,8 @@ impl AppState {
         let authority =
             Authority::open(store.clone(), config.master_key.clone(), config.authority.clone(), clock.now()).await?;
         let providers = Providers::new(store.clone(), config.providers.clone())?;
-        let auth = Authenticator::new(keys, authority, providers, config.verified_tokens_max);
+        let mtls = Mtls::new(store.clone(), config.tenant_cache_ttl);
+        let auth = Authenticator::new(keys, authority, providers, mtls, config.verified_tokens_max);
         Ok(AppState(Arc::new(Inner { store, auth, clock, cursors, config, known_tenants: Mutex::new(HashSet::new()) })))
     }
 }
@@ -123,13 +132,23 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_max))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), tls::bind_host))
         .layer(axum::middleware::from_fn(edge))
         .with_state(state)
 }
 
+/// Client-certificate headers set by proxies; stripped from every incoming request.
+const FORWARDED_CERT_HEADERS: [&str; 4] =
+    ["x-forwarded-client-cert", "client-cert", "client-cert-chain", "x-client-cert"];
+
 /// Outermost layer: sets the correlation id, renders every error as problem+json with it,
 /// and echoes it in `X-Request-Id`.
 async fn edge(mut request: Request, next: Next) -> Response {
+    // Certificate headers a proxy might add are never taken from clients: identity from a
+    // client certificate comes only from our own TLS handshake.
+    for name in FORWARDED_CERT_HEADERS {
+        request.headers_mut().remove(name);
+    }
     let correlation_id = extract::correlation_from(request.headers());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
     let mut response = next.run(request).await;
@@ -179,6 +198,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, None, state, shutdown).await
+}
+
+/// Like `serve`, plus a TLS listener (client certificates requested, never required; HTTP/2
+/// and HTTP/1.1) when `tls` is given. Both stop together.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, Arc<TlsIdentity>)>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -186,34 +216,54 @@ pub async fn serve(
     let flusher = tokio::spawn(flush_last_used(state.clone()));
     let reloader = tokio::spawn(reload_authority_keys(state.clone()));
     let app = router(state.clone());
-    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    let mut plain = Builder::new(TokioExecutor::new()).http1_only();
+    plain.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    let mut secure = Builder::new(TokioExecutor::new());
+    secure.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    let secure = Arc::new(secure);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (tls_listener, identity) = match tls {
+        Some((l, i)) => (Some(l), Some(i)),
+        None => (None, None),
+    };
     tokio::pin!(shutdown);
     loop {
+        let tls_accept = async {
+            match &tls_listener {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors or similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let Some(stream) = accepted_stream(accepted).await else { continue };
                 let service = TowerToHyperService::new(app.clone());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = plain.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                });
+            }
+            accepted = tls_accept => {
+                let Some(stream) = accepted_stream(accepted).await else { continue };
+                let (state, app, secure, watcher) = (state.clone(), app.clone(), secure.clone(), graceful.watcher());
+                let identity = identity.clone().expect("a TLS listener has an identity");
+                tokio::spawn(async move {
+                    let timeout = state.config.header_read_timeout;
+                    let Some((tls, peer)) = tls::handshake(&state, &identity, stream, timeout).await else { return };
+                    let app = tower::ServiceExt::map_request(app, move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(peer.clone());
+                        request
+                    });
+                    let connection = secure.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));
+                    let _ = watcher.watch(connection.into_owned()).await;
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drop(tls_listener);
     let drain_max = state.config.shutdown_drain_max;
     if tokio::time::timeout(drain_max, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain_max, "in-flight connections did not finish in time; closing them");
@@ -225,6 +275,24 @@ pub async fn serve(
     }
     state.store.shutdown().await;
     Ok(())
+}
+
+/// A freshly accepted connection with TCP_NODELAY; on an accept error (out of descriptors or
+/// similar) backs off instead of spinning.
+async fn accepted_stream(
+    accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+) -> Option<tokio::net::TcpStream> {
+    match accepted {
+        Ok((stream, _)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot accept a connection");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
 }
 
 async fn flush_last_used(state: AppState) {

@@ -19,7 +19,8 @@ pub use error::StoreError;
 pub use model::*;
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, Command, Event, EventId, KeyId, Outcome, ProviderId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, ClientCaId, ClientIdentityId, Command, Event, EventId, KeyId, Outcome, ProviderId,
+    SigningKeyId, TenantId, Timestamp,
 };
 
 /// What happened to a ledger command.
@@ -83,6 +84,53 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn identity_providers(&self, tenant: &TenantId) -> Result<Vec<IdentityProviderRecord>, StoreError>;
     /// Removes a tenant's provider; false when there was none.
     async fn delete_identity_provider(&self, tenant: &TenantId, id: &ProviderId) -> Result<bool, StoreError>;
+
+    /// Stores a signing key; a duplicate id or a second successor of the same `rotated_from` → `StoreError::Conflict`.
+    async fn insert_signing_key(&self, key: SigningKeyRecord) -> Result<(), StoreError>;
+    /// A signing key by id, whichever tenant owns it.
+    async fn signing_key(&self, id: &SigningKeyId) -> Result<Option<SigningKeyRecord>, StoreError>;
+    /// A tenant's signing keys, oldest first.
+    async fn signing_keys(&self, tenant: &TenantId) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    /// Sets `expires_at = min(expires_at, at)`, or `revoked_at = at` when `revoke`.
+    async fn retire_signing_key(&self, id: &SigningKeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError>;
+    /// Records a nonce of a signing key until `expires_at`; false when it is still recorded (a replay).
+    ///
+    /// A nonce counts as recorded while `now < expires_at`; an expired one may be claimed again.
+    /// Expired nonces are purged opportunistically, a bounded number at a time. On PostgreSQL the
+    /// claim is one statement (`INSERT … ON CONFLICT DO UPDATE … WHERE expired … RETURNING`), so
+    /// exactly one of any number of concurrent claims, from any instance, wins.
+    async fn claim_nonce(
+        &self,
+        key: &SigningKeyId,
+        nonce: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Whether `claim_nonce` is shared by every instance of the deployment (PostgreSQL: true;
+    /// SQLite: false — the embedded store is single-process, so the gateway may keep nonces in
+    /// memory instead of writing them).
+    fn nonces_are_shared(&self) -> bool;
+
+    /// Stores a client CA; the same fingerprint twice for one tenant → `StoreError::Conflict`.
+    async fn insert_client_ca(&self, ca: ClientCaRecord) -> Result<(), StoreError>;
+    /// A tenant's client CAs, oldest first.
+    async fn client_cas(&self, tenant: &TenantId) -> Result<Vec<ClientCaRecord>, StoreError>;
+    /// Removes a tenant's client CA; false when there was none.
+    async fn delete_client_ca(&self, tenant: &TenantId, id: &ClientCaId) -> Result<bool, StoreError>;
+
+    /// Stores a client identity; a duplicate id or the same matcher twice for one tenant → `StoreError::Conflict`.
+    async fn insert_client_identity(&self, identity: ClientIdentityRecord) -> Result<(), StoreError>;
+    /// A tenant's client identities, oldest first.
+    async fn client_identities(&self, tenant: &TenantId) -> Result<Vec<ClientIdentityRecord>, StoreError>;
+    /// Removes a tenant's client identity; false when there was none.
+    async fn delete_client_identity(&self, tenant: &TenantId, id: &ClientIdentityId) -> Result<bool, StoreError>;
+
+    /// A tenant's authentication settings; the defaults when they were never set.
+    async fn tenant_settings(&self, tenant: &TenantId) -> Result<TenantSettings, StoreError>;
+    /// Replaces the tenant's settings; an mtls_hostname already bound to another tenant → Conflict (nothing written).
+    async fn set_tenant_settings(&self, tenant: &TenantId, settings: TenantSettings) -> Result<(), StoreError>;
+    /// The tenant whose settings bind `hostname` (compared lowercase).
+    async fn tenant_by_mtls_hostname(&self, hostname: &str) -> Result<Option<TenantId>, StoreError>;
 
     /// True once `initialize` has created the operator key.
     async fn is_initialized(&self) -> Result<bool, StoreError>;

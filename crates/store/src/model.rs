@@ -3,7 +3,8 @@
 use std::fmt;
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, CreditType, EventKind, KeyId, ProviderId, Scopes, SubjectId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, ClientCaId, ClientIdentityId, CreditType, EventKind, KeyId, ProviderId, Scopes,
+    SigningKeyId, SubjectId, TenantId, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,89 @@ pub struct IdentityProviderRecord {
     pub leeway_seconds: u32,
     pub required_claims: Vec<String>,
     pub created_at: Timestamp,
+}
+
+/// An RFC 9421 signing credential. HMAC secrets arrive sealed (encrypted by the auth crate);
+/// Ed25519 public keys in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub id: SigningKeyId,
+    pub tenant_id: TenantId,
+    /// `hmac-sha256` or `ed25519`.
+    pub alg: String,
+    /// The sealed HMAC secret (`hmac-sha256`).
+    pub sealed_secret: Option<Vec<u8>>,
+    /// The raw 32-byte Ed25519 public key (`ed25519`).
+    pub public_key: Option<Vec<u8>>,
+    pub scopes: Scopes,
+    pub subject: Option<SubjectId>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    /// The key this one replaced by rotation; a key has at most one successor.
+    pub rotated_from: Option<SigningKeyId>,
+}
+
+impl SigningKeyRecord {
+    /// Usable at `now`: not revoked and not past its expiry (rotation grace included).
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// Shows the sealed secret's length only, never its bytes.
+impl fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("alg", &self.alg)
+            .field("sealed_secret", &self.sealed_secret.as_ref().map(|s| format!("<{} bytes>", s.len())))
+            .field("public_key", &self.public_key)
+            .field("scopes", &self.scopes)
+            .field("subject", &self.subject)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("rotated_from", &self.rotated_from)
+            .finish()
+    }
+}
+
+/// A tenant's trust anchor for client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCaRecord {
+    pub id: ClientCaId,
+    pub tenant_id: TenantId,
+    pub pem: String,
+    /// Hex SHA-256 of the certificate's DER, computed by the caller; stored lowercase and
+    /// unique per tenant.
+    pub fingerprint_sha256: String,
+    pub created_at: Timestamp,
+}
+
+/// Maps a verified client certificate to a principal: by fingerprint, or by a typed SAN.
+/// A tenant cannot register the same matcher (fingerprint, URI SAN, DNS SAN) twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentityRecord {
+    pub id: ClientIdentityId,
+    pub tenant_id: TenantId,
+    /// Hex SHA-256 of the certificate's DER; stored lowercase.
+    pub fingerprint_sha256: Option<String>,
+    pub san_uri: Option<String>,
+    pub san_dns: Option<String>,
+    pub subject: Option<SubjectId>,
+    pub scopes: Scopes,
+    pub created_at: Timestamp,
+}
+
+/// Per-tenant authentication settings. `auth_methods` None = every method allowed.
+/// `mtls_hostname` (unique across tenants, lowercase) binds TLS SNI/Host to the tenant; the
+/// store lowercases it when writing and when looking it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantSettings {
+    pub auth_methods: Option<Vec<String>>,
+    pub mtls_hostname: Option<String>,
 }
 
 /// An account as read back: balance, held, available and policy.

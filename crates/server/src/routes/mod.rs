@@ -7,9 +7,10 @@ mod health;
 mod keys;
 mod ledger;
 mod providers;
+mod tenant_auth;
 mod tenants;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::AppState;
@@ -24,6 +25,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/authority/rotate", post(authority::rotate))
         .route("/v1/identity-providers", post(providers::create).get(providers::list))
         .route("/v1/identity-providers/{id}", get(providers::get).delete(providers::delete))
+        .route("/v1/tenant", get(tenant_auth::get).patch(tenant_auth::patch))
+        .route("/v1/client-cas", post(tenant_auth::create_ca).get(tenant_auth::list_cas))
+        .route("/v1/client-cas/{id}", delete(tenant_auth::delete_ca))
+        .route("/v1/client-identities", post(tenant_auth::create_identity).get(tenant_auth::list_identities))
+        .route("/v1/client-identities/{id}", delete(tenant_auth::delete_identity))
         .route("/v1/tenants", post(tenants::create))
         .route("/v1/api-keys", post(keys::create).get(keys::list))
         .route("/v1/api-keys/{id}/rotate", post(keys::rotate))

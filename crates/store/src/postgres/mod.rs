@@ -6,11 +6,15 @@ mod batch;
 mod schema;
 pub mod scratch;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, ProviderId, TenantId, Timestamp};
+use licenseseal_ledger::{
+    AccountKey, ClientCaId, ClientIdentityId, Command, Event, EventId, KeyId, ProviderId, SigningKeyId, SubjectId,
+    TenantId, Timestamp,
+};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::{NoTls, Row};
@@ -18,8 +22,8 @@ use tokio_postgres::{NoTls, Row};
 use self::batch::{account_key, account_state_from, lock_accounts, lot_from, run_batch};
 use crate::codec::{corrupt, event_from_row, scopes_from_json, scopes_json, strings_from_json, strings_json};
 use crate::{
-    AccountView, ApiKeyRecord, AuthorityKeyRecord, Clock, EventFilter, Execution, IdentityProviderRecord, LedgerStore,
-    Page, PolicyChange, StoreError, Tenant,
+    AccountView, ApiKeyRecord, AuthorityKeyRecord, ClientCaRecord, ClientIdentityRecord, Clock, EventFilter, Execution,
+    IdentityProviderRecord, LedgerStore, Page, PolicyChange, SigningKeyRecord, StoreError, Tenant, TenantSettings,
 };
 
 /// Named limits of the PostgreSQL backend.
@@ -65,7 +69,14 @@ pub struct PgStore {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     clock: Arc<dyn Clock>,
+    /// Nonce claims made by this instance; every `NONCE_PURGE_EVERY`th also purges expired nonces.
+    nonce_claims: AtomicU64,
 }
+
+/// One claim in this many also deletes expired nonces (pipelined with the claim, so no extra round trip).
+const NONCE_PURGE_EVERY: u64 = 64;
+/// Most expired nonces one purge deletes.
+const NONCE_PURGE_MAX: i64 = 256;
 
 impl PgStore {
     /// Connects, runs pending migrations (safe when several instances start together) and
@@ -98,7 +109,13 @@ impl PgStore {
             .await?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
         let batcher = tokio::spawn(batcher(pool.clone(), clock.clone(), rx, config));
-        Ok(PgStore { pool, queue: Mutex::new(Some(tx)), batcher: Mutex::new(Some(batcher)), clock })
+        Ok(PgStore {
+            pool,
+            queue: Mutex::new(Some(tx)),
+            batcher: Mutex::new(Some(batcher)),
+            clock,
+            nonce_claims: AtomicU64::new(0),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -269,6 +286,65 @@ fn identity_provider_from(row: &Row) -> Result<IdentityProviderRecord, StoreErro
             .map_err(|_| StoreError::Corrupt(format!("provider leeway {leeway_seconds}")))?,
         required_claims: strings_from_json(row.get(9), "provider required claims")?,
         created_at: Timestamp::from_micros(row.get(10)),
+    })
+}
+
+const SIGNING_KEY_COLUMNS: &str = "id, tenant_id, alg, sealed_secret, public_key, scopes, subject, created_at, \
+     expires_at, revoked_at, rotated_from";
+
+fn signing_key_from(row: &Row) -> Result<SigningKeyRecord, StoreError> {
+    Ok(SigningKeyRecord {
+        id: SigningKeyId::parse(row.get(0)).map_err(corrupt("signing key id"))?,
+        tenant_id: TenantId::parse(row.get(1)).map_err(corrupt("signing key tenant"))?,
+        alg: row.get(2),
+        sealed_secret: row.get(3),
+        public_key: row.get(4),
+        scopes: scopes_from_json(row.get(5))?,
+        subject: row
+            .get::<_, Option<&str>>(6)
+            .map(SubjectId::parse)
+            .transpose()
+            .map_err(corrupt("signing key subject"))?,
+        created_at: Timestamp::from_micros(row.get(7)),
+        expires_at: ts(row.get(8)),
+        revoked_at: ts(row.get(9)),
+        rotated_from: row
+            .get::<_, Option<&str>>(10)
+            .map(SigningKeyId::parse)
+            .transpose()
+            .map_err(corrupt("signing key rotated_from"))?,
+    })
+}
+
+const CLIENT_CA_COLUMNS: &str = "id, tenant_id, pem, fingerprint_sha256, created_at";
+
+fn client_ca_from(row: &Row) -> Result<ClientCaRecord, StoreError> {
+    Ok(ClientCaRecord {
+        id: ClientCaId::parse(row.get(0)).map_err(corrupt("client CA id"))?,
+        tenant_id: TenantId::parse(row.get(1)).map_err(corrupt("client CA tenant"))?,
+        pem: row.get(2),
+        fingerprint_sha256: row.get(3),
+        created_at: Timestamp::from_micros(row.get(4)),
+    })
+}
+
+const CLIENT_IDENTITY_COLUMNS: &str =
+    "id, tenant_id, fingerprint_sha256, san_uri, san_dns, subject, scopes, created_at";
+
+fn client_identity_from(row: &Row) -> Result<ClientIdentityRecord, StoreError> {
+    Ok(ClientIdentityRecord {
+        id: ClientIdentityId::parse(row.get(0)).map_err(corrupt("client identity id"))?,
+        tenant_id: TenantId::parse(row.get(1)).map_err(corrupt("client identity tenant"))?,
+        fingerprint_sha256: row.get(2),
+        san_uri: row.get(3),
+        san_dns: row.get(4),
+        subject: row
+            .get::<_, Option<&str>>(5)
+            .map(SubjectId::parse)
+            .transpose()
+            .map_err(corrupt("client identity subject"))?,
+        scopes: scopes_from_json(row.get(6))?,
+        created_at: Timestamp::from_micros(row.get(7)),
     })
 }
 
@@ -583,6 +659,219 @@ impl LedgerStore for PgStore {
             )
             .await?;
         Ok(deleted > 0)
+    }
+
+    async fn insert_signing_key(&self, key: SigningKeyRecord) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO signing_keys (id, tenant_id, alg, sealed_secret, public_key, scopes, subject, created_at,
+                   expires_at, revoked_at, rotated_from)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &key.id.as_str(),
+                    &key.tenant_id.as_str(),
+                    &key.alg,
+                    &key.sealed_secret,
+                    &key.public_key,
+                    &scopes_json(key.scopes),
+                    &key.subject.as_ref().map(SubjectId::as_str),
+                    &key.created_at.micros(),
+                    &key.expires_at.map(Timestamp::micros),
+                    &key.revoked_at.map(Timestamp::micros),
+                    &key.rotated_from.as_ref().map(SigningKeyId::as_str),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn signing_key(&self, id: &SigningKeyId) -> Result<Option<SigningKeyRecord>, StoreError> {
+        let sql = format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE id = $1");
+        let row = self.client().await?.query_opt(&sql, &[&id.as_str()]).await?;
+        row.map(|r| signing_key_from(&r)).transpose()
+    }
+
+    async fn signing_keys(&self, tenant: &TenantId) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let sql =
+            format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE tenant_id = $1 ORDER BY created_at, seq");
+        let rows = self.client().await?.query(&sql, &[&tenant.as_str()]).await?;
+        rows.iter().map(signing_key_from).collect()
+    }
+
+    async fn retire_signing_key(&self, id: &SigningKeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError> {
+        let sql = if revoke {
+            "UPDATE signing_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1"
+        } else {
+            "UPDATE signing_keys SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE id = $1"
+        };
+        self.client().await?.execute(sql, &[&id.as_str(), &at.micros()]).await?;
+        Ok(())
+    }
+
+    async fn claim_nonce(
+        &self,
+        key: &SigningKeyId,
+        nonce: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let (key, now, expires_at) = (key.as_str(), now.micros(), expires_at.micros());
+        let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&key, &nonce, &now, &expires_at];
+        let purge_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&now, &NONCE_PURGE_MAX];
+        // One statement, so concurrent claims from any instance serialise on the row: the first
+        // inserts (or takes over an expired row), every other one finds it live and gets no row.
+        let claim = client.query_opt(
+            "INSERT INTO signing_nonces (key_id, nonce, expires_at) VALUES ($1, $2, $4)
+             ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+             WHERE signing_nonces.expires_at <= $3
+             RETURNING 1",
+            &claim_params,
+        );
+        if !self.nonce_claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(NONCE_PURGE_EVERY) {
+            return Ok(claim.await?.is_some());
+        }
+        // Pipelined behind the claim on the same connection. Rows another instance is purging
+        // (or claiming) right now are skipped, not waited for.
+        let purge = client.execute(
+            "DELETE FROM signing_nonces WHERE (key_id, nonce) IN
+               (SELECT key_id, nonce FROM signing_nonces WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &purge_params,
+        );
+        let (claimed, purged) = tokio::join!(claim, purge);
+        if let Err(e) = purged {
+            tracing::warn!(error = %e, "store: purging expired nonces failed");
+        }
+        Ok(claimed?.is_some())
+    }
+
+    fn nonces_are_shared(&self) -> bool {
+        true
+    }
+
+    async fn insert_client_ca(&self, ca: ClientCaRecord) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO client_cas (id, tenant_id, pem, fingerprint_sha256, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &ca.id.as_str(),
+                    &ca.tenant_id.as_str(),
+                    &ca.pem,
+                    &ca.fingerprint_sha256.to_ascii_lowercase(),
+                    &ca.created_at.micros(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn client_cas(&self, tenant: &TenantId) -> Result<Vec<ClientCaRecord>, StoreError> {
+        let sql = format!("SELECT {CLIENT_CA_COLUMNS} FROM client_cas WHERE tenant_id = $1 ORDER BY created_at, seq");
+        let rows = self.client().await?.query(&sql, &[&tenant.as_str()]).await?;
+        rows.iter().map(client_ca_from).collect()
+    }
+
+    async fn delete_client_ca(&self, tenant: &TenantId, id: &ClientCaId) -> Result<bool, StoreError> {
+        let deleted = self
+            .client()
+            .await?
+            .execute("DELETE FROM client_cas WHERE id = $1 AND tenant_id = $2", &[&id.as_str(), &tenant.as_str()])
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn insert_client_identity(&self, identity: ClientIdentityRecord) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO client_identities (id, tenant_id, fingerprint_sha256, san_uri, san_dns, subject, scopes,
+                   created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &identity.id.as_str(),
+                    &identity.tenant_id.as_str(),
+                    &identity.fingerprint_sha256.as_deref().map(str::to_ascii_lowercase),
+                    &identity.san_uri,
+                    &identity.san_dns,
+                    &identity.subject.as_ref().map(SubjectId::as_str),
+                    &scopes_json(identity.scopes),
+                    &identity.created_at.micros(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn client_identities(&self, tenant: &TenantId) -> Result<Vec<ClientIdentityRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CLIENT_IDENTITY_COLUMNS} FROM client_identities WHERE tenant_id = $1 ORDER BY created_at, seq"
+        );
+        let rows = self.client().await?.query(&sql, &[&tenant.as_str()]).await?;
+        rows.iter().map(client_identity_from).collect()
+    }
+
+    async fn delete_client_identity(&self, tenant: &TenantId, id: &ClientIdentityId) -> Result<bool, StoreError> {
+        let deleted = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM client_identities WHERE id = $1 AND tenant_id = $2",
+                &[&id.as_str(), &tenant.as_str()],
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn tenant_settings(&self, tenant: &TenantId) -> Result<TenantSettings, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT auth_methods, mtls_hostname FROM tenant_settings WHERE tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(TenantSettings::default()) };
+        Ok(TenantSettings {
+            auth_methods: row
+                .get::<_, Option<&str>>(0)
+                .map(|m| strings_from_json(m, "tenant auth methods"))
+                .transpose()?,
+            mtls_hostname: row.get(1),
+        })
+    }
+
+    async fn set_tenant_settings(&self, tenant: &TenantId, settings: TenantSettings) -> Result<(), StoreError> {
+        // One statement: a hostname bound to another tenant violates the unique index and
+        // nothing is written.
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tenant_settings (tenant_id, auth_methods, mtls_hostname) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant_id) DO UPDATE
+                 SET auth_methods = EXCLUDED.auth_methods, mtls_hostname = EXCLUDED.mtls_hostname",
+                &[
+                    &tenant.as_str(),
+                    &settings.auth_methods.as_deref().map(strings_json),
+                    &settings.mtls_hostname.as_deref().map(str::to_ascii_lowercase),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn tenant_by_mtls_hostname(&self, hostname: &str) -> Result<Option<TenantId>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT tenant_id FROM tenant_settings WHERE mtls_hostname = $1",
+                &[&hostname.to_ascii_lowercase()],
+            )
+            .await?;
+        row.map(|r| TenantId::parse(r.get(0)).map_err(corrupt("settings tenant"))).transpose()
     }
 
     async fn is_initialized(&self) -> Result<bool, StoreError> {

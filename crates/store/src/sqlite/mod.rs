@@ -9,21 +9,28 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use licenseseal_ledger::{AccountKey, Command, Event, EventId, KeyId, ProviderId, TenantId, Timestamp};
+use licenseseal_ledger::{
+    AccountKey, ClientCaId, ClientIdentityId, Command, Event, EventId, KeyId, ProviderId, SigningKeyId, TenantId,
+    Timestamp,
+};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use self::rows::{
-    api_key_from_row, authority_key_from_row, event_from_row, identity_provider_from_row, load_account, load_event,
-    API_KEY_COLUMNS, AUTHORITY_KEY_COLUMNS, IDENTITY_PROVIDER_COLUMNS,
+    api_key_from_row, authority_key_from_row, client_ca_from_row, client_identity_from_row, event_from_row,
+    identity_provider_from_row, load_account, load_event, signing_key_from_row, API_KEY_COLUMNS, AUTHORITY_KEY_COLUMNS,
+    CLIENT_CA_COLUMNS, CLIENT_IDENTITY_COLUMNS, IDENTITY_PROVIDER_COLUMNS, SIGNING_KEY_COLUMNS,
 };
 use self::writer::{AccountCache, AdminOp, WriteOp, Writer};
-use crate::codec::strings_json;
+use crate::codec::{scopes_json, strings_from_json, strings_json};
 use crate::{
-    AccountView, ApiKeyRecord, AuthorityKeyRecord, Clock, EventFilter, Execution, IdentityProviderRecord, LedgerStore,
-    Page, PolicyChange, StoreError, Tenant,
+    AccountView, ApiKeyRecord, AuthorityKeyRecord, ClientCaRecord, ClientIdentityRecord, Clock, EventFilter, Execution,
+    IdentityProviderRecord, LedgerStore, Page, PolicyChange, SigningKeyRecord, StoreError, Tenant, TenantSettings,
 };
+
+/// Most expired nonces one `claim_nonce` deletes (in its own transaction, beside the claim).
+const NONCE_PURGE_MAX: i64 = 64;
 
 /// Named limits of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -552,6 +559,236 @@ impl LedgerStore for SqliteStore {
                 [id.as_str(), tenant.as_str()],
             )?;
             Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn insert_signing_key(&self, key: SigningKeyRecord) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO signing_keys (id, tenant_id, alg, sealed_secret, public_key, scopes, subject, created_at,
+                   expires_at, revoked_at, rotated_from)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    key.id.as_str(),
+                    key.tenant_id.as_str(),
+                    key.alg,
+                    key.sealed_secret,
+                    key.public_key,
+                    scopes_json(key.scopes),
+                    key.subject.as_ref().map(|s| s.as_str()),
+                    key.created_at.micros(),
+                    key.expires_at.map(Timestamp::micros),
+                    key.revoked_at.map(Timestamp::micros),
+                    key.rotated_from.as_ref().map(SigningKeyId::as_str),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn signing_key(&self, id: &SigningKeyId) -> Result<Option<SigningKeyRecord>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let sql = format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE id = ?1");
+            let row = conn.prepare_cached(&sql)?.query_row([id.as_str()], signing_key_from_row).optional()?;
+            row.transpose()
+        })
+        .await
+    }
+
+    async fn signing_keys(&self, tenant: &TenantId) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let sql =
+                format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE tenant_id = ?1 ORDER BY created_at, seq");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([tenant.as_str()], signing_key_from_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn retire_signing_key(&self, id: &SigningKeyId, at: Timestamp, revoke: bool) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.admin(move |conn, _, _| {
+            let sql = if revoke {
+                "UPDATE signing_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1"
+            } else {
+                "UPDATE signing_keys SET expires_at = MIN(COALESCE(expires_at, ?2), ?2) WHERE id = ?1"
+            };
+            conn.execute(sql, params![id.as_str(), at.micros()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_nonce(
+        &self,
+        key: &SigningKeyId,
+        nonce: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (key, nonce) = (key.clone(), nonce.to_owned());
+        // Through the writer: the embedded store has one writer, which serialises the claims.
+        self.admin(move |conn, _, _| {
+            // Inserted, or an expired row taken over: a fresh nonce. A live row is left alone: a replay.
+            let claimed = conn
+                .prepare_cached(
+                    "INSERT INTO signing_nonces (key_id, nonce, expires_at) VALUES (?1, ?2, ?4)
+                     ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE signing_nonces.expires_at <= ?3",
+                )?
+                .execute(params![key.as_str(), nonce, now.micros(), expires_at.micros()])?
+                > 0;
+            conn.prepare_cached(
+                "DELETE FROM signing_nonces WHERE (key_id, nonce) IN
+                   (SELECT key_id, nonce FROM signing_nonces WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now.micros(), NONCE_PURGE_MAX])?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    fn nonces_are_shared(&self) -> bool {
+        false
+    }
+
+    async fn insert_client_ca(&self, ca: ClientCaRecord) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO client_cas (id, tenant_id, pem, fingerprint_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    ca.id.as_str(),
+                    ca.tenant_id.as_str(),
+                    ca.pem,
+                    ca.fingerprint_sha256.to_ascii_lowercase(),
+                    ca.created_at.micros(),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client_cas(&self, tenant: &TenantId) -> Result<Vec<ClientCaRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let sql =
+                format!("SELECT {CLIENT_CA_COLUMNS} FROM client_cas WHERE tenant_id = ?1 ORDER BY created_at, seq");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([tenant.as_str()], client_ca_from_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn delete_client_ca(&self, tenant: &TenantId, id: &ClientCaId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.admin(move |conn, _, _| {
+            let deleted = conn
+                .execute("DELETE FROM client_cas WHERE id = ?1 AND tenant_id = ?2", [id.as_str(), tenant.as_str()])?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn insert_client_identity(&self, identity: ClientIdentityRecord) -> Result<(), StoreError> {
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO client_identities (id, tenant_id, fingerprint_sha256, san_uri, san_dns, subject, scopes,
+                   created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    identity.id.as_str(),
+                    identity.tenant_id.as_str(),
+                    identity.fingerprint_sha256.as_deref().map(str::to_ascii_lowercase),
+                    identity.san_uri,
+                    identity.san_dns,
+                    identity.subject.as_ref().map(|s| s.as_str()),
+                    scopes_json(identity.scopes),
+                    identity.created_at.micros(),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client_identities(&self, tenant: &TenantId) -> Result<Vec<ClientIdentityRecord>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {CLIENT_IDENTITY_COLUMNS} FROM client_identities WHERE tenant_id = ?1 ORDER BY created_at, seq"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([tenant.as_str()], client_identity_from_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn delete_client_identity(&self, tenant: &TenantId, id: &ClientIdentityId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.admin(move |conn, _, _| {
+            let deleted = conn.execute(
+                "DELETE FROM client_identities WHERE id = ?1 AND tenant_id = ?2",
+                [id.as_str(), tenant.as_str()],
+            )?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn tenant_settings(&self, tenant: &TenantId) -> Result<TenantSettings, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT auth_methods, mtls_hostname FROM tenant_settings WHERE tenant_id = ?1")?
+                .query_row([tenant.as_str()], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
+                .optional()?;
+            let Some((auth_methods, mtls_hostname)) = row else { return Ok(TenantSettings::default()) };
+            Ok(TenantSettings {
+                auth_methods: auth_methods.map(|m| strings_from_json(&m, "tenant auth methods")).transpose()?,
+                mtls_hostname,
+            })
+        })
+        .await
+    }
+
+    async fn set_tenant_settings(&self, tenant: &TenantId, settings: TenantSettings) -> Result<(), StoreError> {
+        let tenant = tenant.clone();
+        self.admin(move |conn, _, _| {
+            conn.execute(
+                "INSERT INTO tenant_settings (tenant_id, auth_methods, mtls_hostname) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id) DO UPDATE
+                 SET auth_methods = excluded.auth_methods, mtls_hostname = excluded.mtls_hostname",
+                params![
+                    tenant.as_str(),
+                    settings.auth_methods.as_deref().map(strings_json),
+                    settings.mtls_hostname.as_deref().map(str::to_ascii_lowercase),
+                ],
+            )
+            .map_err(StoreError::from_sqlite)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tenant_by_mtls_hostname(&self, hostname: &str) -> Result<Option<TenantId>, StoreError> {
+        let hostname = hostname.to_ascii_lowercase();
+        self.read(move |conn| {
+            let tenant: Option<String> = conn
+                .prepare_cached("SELECT tenant_id FROM tenant_settings WHERE mtls_hostname = ?1")?
+                .query_row([hostname.as_str()], |r| r.get(0))
+                .optional()?;
+            tenant.as_deref().map(TenantId::parse).transpose().map_err(crate::codec::corrupt("settings tenant"))
         })
         .await
     }

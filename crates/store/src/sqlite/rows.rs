@@ -1,13 +1,17 @@
 //! Mapping between rows and domain values, shared by the writer and the readers.
 
 use licenseseal_ledger::{
-    AccountKey, AccountPolicy, AccountState, Event, EventId, KeyId, Lot, ProviderId, SubjectId, TenantId, Timestamp,
+    AccountKey, AccountPolicy, AccountState, ClientCaId, ClientIdentityId, Event, EventId, KeyId, Lot, ProviderId,
+    SigningKeyId, SubjectId, TenantId, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub(crate) use crate::codec::event_from_row;
 use crate::codec::{corrupt, event_body, scopes_from_json, strings_from_json};
-use crate::{ApiKeyRecord, AuthorityKeyRecord, IdentityProviderRecord, StoreError};
+use crate::{
+    ApiKeyRecord, AuthorityKeyRecord, ClientCaRecord, ClientIdentityRecord, IdentityProviderRecord, SigningKeyRecord,
+    StoreError,
+};
 
 pub fn ts(micros: Option<i64>) -> Option<Timestamp> {
     micros.map(Timestamp::from_micros)
@@ -172,6 +176,85 @@ pub fn identity_provider_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Identi
             leeway_seconds: u32::try_from(leeway_seconds)
                 .map_err(|_| StoreError::Corrupt(format!("provider leeway {leeway_seconds}")))?,
             required_claims: strings_from_json(&required_claims, "provider required claims")?,
+            created_at: Timestamp::from_micros(created_at),
+        })
+    };
+    Ok(build())
+}
+
+pub const SIGNING_KEY_COLUMNS: &str = "id, tenant_id, alg, sealed_secret, public_key, scopes, subject, created_at, \
+     expires_at, revoked_at, rotated_from";
+
+pub fn signing_key_from_row(r: &Row<'_>) -> rusqlite::Result<Result<SigningKeyRecord, StoreError>> {
+    let (id, tenant): (String, String) = (r.get(0)?, r.get(1)?);
+    let alg: String = r.get(2)?;
+    let (sealed_secret, public_key): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(3)?, r.get(4)?);
+    let scopes: String = r.get(5)?;
+    let subject: Option<String> = r.get(6)?;
+    let (created_at, expires_at, revoked_at): (i64, Option<i64>, Option<i64>) = (r.get(7)?, r.get(8)?, r.get(9)?);
+    let rotated_from: Option<String> = r.get(10)?;
+    let build = || -> Result<SigningKeyRecord, StoreError> {
+        Ok(SigningKeyRecord {
+            id: SigningKeyId::parse(&id).map_err(corrupt("signing key id"))?,
+            tenant_id: TenantId::parse(&tenant).map_err(corrupt("signing key tenant"))?,
+            alg,
+            sealed_secret,
+            public_key,
+            scopes: scopes_from_json(&scopes)?,
+            subject: subject.as_deref().map(SubjectId::parse).transpose().map_err(corrupt("signing key subject"))?,
+            created_at: Timestamp::from_micros(created_at),
+            expires_at: ts(expires_at),
+            revoked_at: ts(revoked_at),
+            rotated_from: rotated_from
+                .as_deref()
+                .map(SigningKeyId::parse)
+                .transpose()
+                .map_err(corrupt("signing key rotated_from"))?,
+        })
+    };
+    Ok(build())
+}
+
+pub const CLIENT_CA_COLUMNS: &str = "id, tenant_id, pem, fingerprint_sha256, created_at";
+
+pub fn client_ca_from_row(r: &Row<'_>) -> rusqlite::Result<Result<ClientCaRecord, StoreError>> {
+    let (id, tenant): (String, String) = (r.get(0)?, r.get(1)?);
+    let (pem, fingerprint_sha256) = (r.get(2)?, r.get(3)?);
+    let created_at: i64 = r.get(4)?;
+    let build = || -> Result<ClientCaRecord, StoreError> {
+        Ok(ClientCaRecord {
+            id: ClientCaId::parse(&id).map_err(corrupt("client CA id"))?,
+            tenant_id: TenantId::parse(&tenant).map_err(corrupt("client CA tenant"))?,
+            pem,
+            fingerprint_sha256,
+            created_at: Timestamp::from_micros(created_at),
+        })
+    };
+    Ok(build())
+}
+
+pub const CLIENT_IDENTITY_COLUMNS: &str =
+    "id, tenant_id, fingerprint_sha256, san_uri, san_dns, subject, scopes, created_at";
+
+pub fn client_identity_from_row(r: &Row<'_>) -> rusqlite::Result<Result<ClientIdentityRecord, StoreError>> {
+    let (id, tenant): (String, String) = (r.get(0)?, r.get(1)?);
+    let (fingerprint_sha256, san_uri, san_dns) = (r.get(2)?, r.get(3)?, r.get(4)?);
+    let subject: Option<String> = r.get(5)?;
+    let scopes: String = r.get(6)?;
+    let created_at: i64 = r.get(7)?;
+    let build = || -> Result<ClientIdentityRecord, StoreError> {
+        Ok(ClientIdentityRecord {
+            id: ClientIdentityId::parse(&id).map_err(corrupt("client identity id"))?,
+            tenant_id: TenantId::parse(&tenant).map_err(corrupt("client identity tenant"))?,
+            fingerprint_sha256,
+            san_uri,
+            san_dns,
+            subject: subject
+                .as_deref()
+                .map(SubjectId::parse)
+                .transpose()
+                .map_err(corrupt("client identity subject"))?,
+            scopes: scopes_from_json(&scopes)?,
             created_at: Timestamp::from_micros(created_at),
         })
     };

@@ -113,6 +113,61 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX identity_providers_by_tenant ON identity_providers (tenant_id, created_at, seq);
     "#,
+    // 3: signed requests (RFC 9421) and their nonces, mutual TLS, per-tenant auth settings.
+    r#"
+    CREATE TABLE signing_keys (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        tenant_id     TEXT NOT NULL,
+        alg           TEXT NOT NULL,
+        sealed_secret BLOB,
+        public_key    BLOB,
+        scopes        TEXT NOT NULL,
+        subject       TEXT,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER,
+        revoked_at    INTEGER,
+        rotated_from  TEXT
+    );
+    CREATE INDEX signing_keys_by_tenant ON signing_keys (tenant_id, created_at, seq);
+    CREATE UNIQUE INDEX signing_keys_one_successor ON signing_keys (rotated_from);
+    CREATE TABLE signing_nonces (
+        key_id     TEXT NOT NULL,
+        nonce      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (key_id, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX signing_nonces_by_expiry ON signing_nonces (expires_at);
+    CREATE TABLE client_cas (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                 TEXT NOT NULL UNIQUE,
+        tenant_id          TEXT NOT NULL,
+        pem                TEXT NOT NULL,
+        fingerprint_sha256 TEXT NOT NULL,
+        created_at         INTEGER NOT NULL,
+        UNIQUE (tenant_id, fingerprint_sha256)
+    );
+    CREATE INDEX client_cas_by_tenant ON client_cas (tenant_id, created_at, seq);
+    CREATE TABLE client_identities (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                 TEXT NOT NULL UNIQUE,
+        tenant_id          TEXT NOT NULL,
+        fingerprint_sha256 TEXT,
+        san_uri            TEXT,
+        san_dns            TEXT,
+        subject            TEXT,
+        scopes             TEXT NOT NULL,
+        created_at         INTEGER NOT NULL
+    );
+    CREATE INDEX client_identities_by_tenant ON client_identities (tenant_id, created_at, seq);
+    CREATE UNIQUE INDEX client_identities_one_matcher ON client_identities
+        (tenant_id, COALESCE(fingerprint_sha256, ''), COALESCE(san_uri, ''), COALESCE(san_dns, ''));
+    CREATE TABLE tenant_settings (
+        tenant_id     TEXT PRIMARY KEY,
+        auth_methods  TEXT,
+        mtls_hostname TEXT UNIQUE
+    );
+    "#,
 ];
 
 /// Applies every migration the database has not seen, each in its own transaction.
