@@ -277,7 +277,7 @@ async fn nonces(place: Arc<Place>) {
     for i in 0..200 {
         assert!(store.claim_nonce(&k2, &format!("burst-{i}"), at(400 + i), at(401 + i)).await.unwrap());
     }
-    let rows = place.nonce_rows().await; eprintln!("ROWS {rows}");
+    let rows = place.nonce_rows().await;
     assert!(rows < 100, "expired nonces are purged as claims go on: {rows} rows left of 206");
     assert!(!store.claim_nonce(&k1, "n-1", at(599), at(900)).await.unwrap(), "a live nonce survives purges");
     assert!(!store.claim_nonce(&k2, "burst-199", at(599), at(900)).await.unwrap(), "still live at 599");

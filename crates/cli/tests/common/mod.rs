@@ -69,6 +69,8 @@ pub struct Gateway {
     pub store: Arc<dyn LedgerStore>,
     pub backend: Backend,
     pub dir: tempfile::TempDir,
+    /// The TLS listener's address, when started with one.
+    pub tls_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -129,7 +131,18 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store");
-        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir, tweak).await
+        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir, tweak, None).await
+    }
+
+    /// A SQLite gateway that also listens with TLS, its certificate issued by `ca` for `names`.
+    pub async fn start_sqlite_tls(ca: &licenseseal_testkit::TestCa, names: &[&str]) -> Gateway {
+        let (cert, key) = ca.server_cert(names);
+        let identity =
+            licenseseal_server::TlsIdentity::from_pem(cert.as_bytes(), key.as_bytes()).expect("tls identity");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let store = SqliteStore::open(dir.path(), clock.clone(), SqliteConfig::default()).expect("open store");
+        Gateway::start_with(Arc::new(store), clock, Backend::Sqlite, dir, |_| {}, Some(Arc::new(identity))).await
     }
 
     /// A gateway on `backend` with adjusted server settings, or `None` (PostgreSQL not configured).
@@ -141,7 +154,7 @@ impl Gateway {
                 let clock = Arc::new(ManualClock::new(SystemClock.now()));
                 let store = PgStore::connect(&url, clock.clone(), PgConfig::default()).await.expect("PostgreSQL");
                 let dir = tempfile::tempdir().expect("temp dir");
-                Some(Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, tweak).await)
+                Some(Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, tweak, None).await)
             }
         }
     }
@@ -151,7 +164,7 @@ impl Gateway {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let store = PgStore::connect(url, clock.clone(), config).await.expect("open the PostgreSQL store");
         let dir = tempfile::tempdir().expect("temp dir");
-        Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, |_| {}).await
+        Gateway::start_with(Arc::new(store), clock, Backend::Postgres, dir, |_| {}, None).await
     }
 
     async fn start_with(
@@ -160,6 +173,7 @@ impl Gateway {
         backend: Backend,
         dir: tempfile::TempDir,
         tweak: impl FnOnce(&mut ServerConfig),
+        tls: Option<Arc<licenseseal_server::TlsIdentity>>,
     ) -> Gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -174,13 +188,18 @@ impl Gateway {
         assert!(store.initialize(generated.operator_record(clock.now())).await.expect("operator key"));
         let state = AppState::new(store.clone(), clock.clone(), config).await.expect("state");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(licenseseal_server::serve(listener, state, async move {
+        let tls = match tls {
+            Some(identity) => Some((tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind tls"), identity)),
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr().expect("tls addr"));
+        let task = tokio::spawn(licenseseal_server::serve_with_tls(listener, tls, state, async move {
             let _ = rx.await;
         }));
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
         let shutdown = Some(tx);
         let task = Some(task);
-        Gateway { base, operator_key: generated.secret, http, clock, store, backend, dir, shutdown, task }
+        Gateway { base, operator_key: generated.secret, http, clock, store, backend, dir, tls_addr, shutdown, task }
     }
 
     /// Stops the server gracefully and waits for it.
