@@ -140,7 +140,7 @@ fn host_of(request: &Request) -> Option<String> {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map(|h| &h[..]).unwrap_or(host);
+        return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
