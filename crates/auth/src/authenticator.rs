@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::authority::{Authority, Root, VerifiedToken};
 use crate::mtls::Mtls;
 use crate::providers::Providers;
+use crate::signatures::Signatures;
 use crate::{jose, ApiKeys, AuthError, AuthMethod, FailureReason, Principal};
 
 /// Longest bearer token accepted.
@@ -27,6 +28,7 @@ pub struct Authenticator {
     pub authority: Authority,
     pub providers: Providers,
     pub mtls: Mtls,
+    pub signatures: Signatures,
     verified: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     settings: Mutex<HashMap<TenantId, (Arc<TenantSettings>, Instant)>>,
 }
@@ -40,6 +42,7 @@ impl Authenticator {
         authority: Authority,
         providers: Providers,
         mtls: Mtls,
+        signatures: Signatures,
         verified_entries_max: usize,
     ) -> Self {
         Authenticator {
@@ -47,6 +50,7 @@ impl Authenticator {
             authority,
             providers,
             mtls,
+            signatures,
             verified: quick_cache::sync::Cache::new(verified_entries_max),
             settings: Mutex::new(HashMap::new()),
         }

@@ -502,7 +502,8 @@ impl Inspected {
             return Err(SigError::MissingNonce);
         }
         check_target_coverage(&signature.components, req)?;
-        let digest_covered = signature.components.iter().any(|c| matches!(c, Component::Field(n) if n == "content-digest"));
+        let digest_covered =
+            signature.components.iter().any(|c| matches!(c, Component::Field(n) if n == "content-digest"));
         if !digest_covered && has_body(req, body)? {
             return Err(SigError::DigestMissing);
         }
@@ -756,9 +757,7 @@ fn component_value(req: &RequestParts, component: &Component) -> Result<String, 
             }
             Ok(req.method.to_owned())
         }
-        Component::TargetUri => {
-            Ok(format!("{}://{}{}", scheme(req)?, authority(req)?, request_target(req)?))
-        }
+        Component::TargetUri => Ok(format!("{}://{}{}", scheme(req)?, authority(req)?, request_target(req)?)),
         Component::Authority => authority(req),
         Component::Scheme => scheme(req),
         Component::RequestTarget => request_target(req),
@@ -809,7 +808,8 @@ fn path<'a>(req: &RequestParts<'a>) -> Result<&'a str, SigError> {
     if req.path.is_empty() {
         return Ok("/");
     }
-    let valid = req.path.starts_with('/') && req.path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#'));
+    let valid =
+        req.path.starts_with('/') && req.path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#'));
     if !valid {
         return Err(SigError::Malformed("path"));
     }
@@ -859,8 +859,13 @@ fn form_reencode(raw: &str) -> Result<String, SigError> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => decoded.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && hex_value(bytes[i + 1]).is_some() && hex_value(bytes[i + 2]).is_some() => {
-                decoded.push(hex_value(bytes[i + 1]).unwrap_or_default() << 4 | hex_value(bytes[i + 2]).unwrap_or_default());
+            b'%' if i + 2 < bytes.len() + 0
+                && hex_value(bytes[i + 1]).is_some()
+                && hex_value(bytes[i + 2]).is_some() =>
+            {
+                decoded.push(
+                    hex_value(bytes[i + 1]).unwrap_or_default() << 4 | hex_value(bytes[i + 2]).unwrap_or_default(),
+                );
                 i += 2;
             }
             byte => decoded.push(byte),

@@ -9,12 +9,14 @@
 mod api_key;
 mod authenticator;
 pub mod authority;
+pub mod httpsig;
 pub mod jose;
 pub mod jwks;
 pub mod mtls;
 mod principal;
 pub mod providers;
 pub mod seal;
+pub mod signatures;
 
 pub use api_key::{ApiKeys, ApiKeysConfig, NewApiKey};
 pub use authenticator::{Authenticator, TOKEN_BYTES_MAX};
@@ -71,6 +73,12 @@ pub enum FailureReason {
     MethodNotAllowed,
     #[error("request signature refused")]
     BadRequestSignature,
+    #[error("request signature refused: {0}")]
+    Signature(httpsig::SigError),
+    #[error("unknown, revoked or expired signing key")]
+    UnknownSigningKey,
+    #[error("replay cache full")]
+    ReplayCacheFull,
     #[error("request signature nonce replayed")]
     Replayed,
     #[error("the mTLS connection belongs to another host")]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod sign;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Start a fresh gateway and measure debit throughput and latency against it.
     Bench(bench::BenchArgs),
+    /// Sign one request (RFC 9421) and print the headers to send with it.
+    Sign(sign::SignArgs),
     /// Manage the token Authority.
     #[command(subcommand)]
     Authority(AuthorityCommand),
@@ -61,12 +64,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Command::Sign(args) = cli.command {
+        return sign::run(args);
+    }
     runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => init(args).await,
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Authority(AuthorityCommand::RotateKey(args)) => rotate_key(args).await,
+            Command::Sign(_) => unreachable!("signing needs no runtime and returned above"),
         }
     })
 }

@@ -26,6 +26,7 @@ use licenseseal_auth::authority::{Authority, AuthorityConfig};
 use licenseseal_auth::mtls::Mtls;
 use licenseseal_auth::providers::{Providers, ProvidersConfig};
 use licenseseal_auth::seal::MasterKey;
+use licenseseal_auth::signatures::{Signatures, SignaturesConfig};
 use licenseseal_auth::{ApiKeys, ApiKeysConfig, Authenticator};
 use licenseseal_ledger::TenantId;
 use licenseseal_store::{Clock, LedgerStore};
@@ -55,6 +56,7 @@ pub struct ServerConfig {
     pub api_keys: ApiKeysConfig,
     pub authority: AuthorityConfig,
     pub providers: ProvidersConfig,
+    pub signatures: SignaturesConfig,
     /// Most verified tokens remembered (each until its `exp`).
     pub verified_tokens_max: usize,
     /// How long tenant auth settings, mTLS hostnames, CAs and identity rules are trusted
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             api_keys: ApiKeysConfig::default(),
             authority: AuthorityConfig::default(),
             providers: ProvidersConfig::default(),
+            signatures: SignaturesConfig::default(),
             verified_tokens_max: 100_000,
             tenant_cache_ttl: Duration::from_secs(30),
             master_key: MasterKey::generate(),
@@ -118,7 +121,8 @@ impl AppState {
             Authority::open(store.clone(), config.master_key.clone(), config.authority.clone(), clock.now()).await?;
         let providers = Providers::new(store.clone(), config.providers.clone())?;
         let mtls = Mtls::new(store.clone(), config.tenant_cache_ttl);
-        let auth = Authenticator::new(keys, authority, providers, mtls, config.verified_tokens_max);
+        let signatures = Signatures::new(store.clone(), config.master_key.clone(), config.signatures.clone());
+        let auth = Authenticator::new(keys, authority, providers, mtls, signatures, config.verified_tokens_max);
         Ok(AppState(Arc::new(Inner { store, auth, clock, cursors, config, known_tenants: Mutex::new(HashSet::new()) })))
     }
 }
@@ -132,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_max))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), signed::verify))
         .layer(axum::middleware::from_fn_with_state(state.clone(), tls::bind_host))
         .layer(axum::middleware::from_fn(edge))
         .with_state(state)

@@ -7,6 +7,7 @@ mod health;
 mod keys;
 mod ledger;
 mod providers;
+mod signing_keys;
 mod tenant_auth;
 mod tenants;
 
@@ -25,6 +26,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/authority/rotate", post(authority::rotate))
         .route("/v1/identity-providers", post(providers::create).get(providers::list))
         .route("/v1/identity-providers/{id}", get(providers::get).delete(providers::delete))
+        .route("/v1/signing-keys", post(signing_keys::create).get(signing_keys::list))
+        .route("/v1/signing-keys/{id}/rotate", post(signing_keys::rotate))
+        .route("/v1/signing-keys/{id}/revoke", post(signing_keys::revoke))
         .route("/v1/tenant", get(tenant_auth::get).patch(tenant_auth::patch))
         .route("/v1/client-cas", post(tenant_auth::create_ca).get(tenant_auth::list_cas))
         .route("/v1/client-cas/{id}", delete(tenant_auth::delete_ca))
