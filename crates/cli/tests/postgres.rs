@@ -290,3 +290,79 @@ fn postgres_serve_refuses_to_start_without_a_master_key() {
     assert!(stderr.contains("LICENSESEAL_MASTER_KEY"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The nonce of a signed request is claimed in the database, so the same signed request sent
+/// to two instances at the same moment is accepted by exactly one of them.
+#[test]
+fn a_signed_request_nonce_is_accepted_by_only_one_instance() {
+    use base64::Engine;
+    use licenseseal_auth::httpsig::{sign_request, RequestParts, SigningKey};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = runtime.block_on(fresh_schema_url()) else { return common::skipped() };
+    let args = ["--database-url", &url, "--master-key", SHARED_MASTER_KEY, "--public-url", "http://credits.test"];
+    let a = common::process::serve(&args);
+    let b = common::process::serve(&args);
+    let operator = a.operator_key.clone().or(b.operator_key.clone()).expect("one instance printed the key");
+    let client = reqwest::blocking::Client::new();
+    let key = common::process::tenant(&client, &a.base, &operator);
+    let (status, _) = common::process::post(
+        &client,
+        &a.base,
+        "/v1/grants",
+        &key,
+        Some("g"),
+        json!({"subject": "alice", "amount": 5}),
+    );
+    assert_eq!(status, 201);
+    let (status, created) = common::process::post(
+        &client,
+        &a.base,
+        "/v1/signing-keys",
+        &key,
+        None,
+        json!({"alg": "hmac-sha256", "scopes": ["ledger.read"]}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let secret = base64::engine::general_purpose::STANDARD.decode(created["secret"].as_str().unwrap()).unwrap();
+    let signing = SigningKey::Hmac(secret);
+    let keyid = created["id"].as_str().unwrap().to_owned();
+    for round in 0..10 {
+        // Behind a load balancer both instances see the same Host.
+        let req = RequestParts {
+            method: "GET",
+            scheme: "http",
+            authority: "credits.test",
+            path: "/v1/accounts/alice",
+            query: None,
+            headers: &[],
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let signed = sign_request(&req, b"", &signing, &keyid, now, &format!("nonce-{round}")).unwrap();
+        let statuses: Vec<u16> = [a.base.clone(), b.base.clone()]
+            .into_iter()
+            .map(|base| {
+                let (client, signed) = (client.clone(), signed.clone());
+                std::thread::spawn(move || {
+                    client
+                        .get(format!("{base}/v1/accounts/alice"))
+                        .header("host", "credits.test")
+                        .header("signature-input", signed.signature_input)
+                        .header("signature", signed.signature)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![200, 401], "round {round}: {statuses:?}");
+    }
+    a.stop();
+    b.stop();
+}

@@ -225,3 +225,78 @@ fn tokens_survive_restart_and_cli_rotation_under_the_kept_master_key() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("32 bytes"));
 }
+
+/// `licenseseal sign` prints headers that the server accepts, for HMAC secrets and Ed25519
+/// PEM keys alike.
+#[test]
+fn the_sign_command_produces_requests_the_server_accepts() {
+    use base64::Engine;
+    use ring::signature::KeyPair;
+
+    let dir = tempfile::tempdir().unwrap();
+    let served = common::process::serve(&["--data-dir", dir.path().to_str().unwrap()]);
+    let client = reqwest::blocking::Client::new();
+    let key = tenant(&client, &served.base, served.operator_key.as_deref().unwrap());
+    let (status, _) =
+        post(&client, &served.base, "/v1/grants", &key, Some("g"), json!({"subject": "alice", "amount": 10}));
+    assert_eq!(status, 201);
+
+    let (status, hmac) = post(
+        &client,
+        &served.base,
+        "/v1/signing-keys",
+        &key,
+        None,
+        json!({"alg": "hmac-sha256", "scopes": ["usage.debit"]}),
+    );
+    assert_eq!(status, 201, "{hmac}");
+    let secret_file = dir.path().join("secret.b64");
+    std::fs::write(&secret_file, hmac["secret"].as_str().unwrap()).unwrap();
+
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+    let public = base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(doc.as_ref())
+    );
+    let pem_file = dir.path().join("ed25519.pem");
+    std::fs::write(&pem_file, pem).unwrap();
+    let (status, ed) = post(
+        &client,
+        &served.base,
+        "/v1/signing-keys",
+        &key,
+        None,
+        json!({"alg": "ed25519", "public_key": public, "scopes": ["usage.debit"]}),
+    );
+    assert_eq!(status, 201, "{ed}");
+
+    let url = format!("{}/v1/debits", served.base);
+    for (i, (id, key_args)) in [
+        (hmac["id"].as_str().unwrap(), ["--hmac-secret-file", secret_file.to_str().unwrap()]),
+        (ed["id"].as_str().unwrap(), ["--ed25519-key-file", pem_file.to_str().unwrap()]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"subject": "alice", "amount": 1}).to_string();
+        let out = Command::new(BIN)
+            .args(["sign", "--key-id", id, "--method", "POST", "--url", &url, "--data", &body])
+            .args(key_args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut req =
+            client.post(&url).header("content-type", "application/json").header("idempotency-key", format!("s{i}"));
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let (name, value) = line.split_once(": ").expect("Name: value lines");
+            req = req.header(name, value);
+        }
+        let resp = req.body(body).send().unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().unwrap());
+    }
+    let (_, account) = get(&client, &served.base, "/v1/accounts/alice", &key);
+    assert_eq!(account["balance"].as_i64(), Some(8));
+    served.stop();
+}
