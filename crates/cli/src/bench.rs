@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use licenseseal_ledger::{
     Amount, Command, CommandKind, CreditType, Fingerprint, IdempotencyKey, Outcome, SubjectId, TenantId,
 };
-use licenseseal_server::{AppState, ServerConfig};
+use licenseseal_server::{AppState, ServerConfig, TlsIdentity};
 use licenseseal_store::postgres::{scratch, PgConfig, PgStore};
 use licenseseal_store::sqlite::SqliteConfig;
 use licenseseal_store::{Clock, Execution, LedgerStore, SystemClock};
@@ -101,6 +101,12 @@ pub struct BenchArgs {
 pub enum BenchAuth {
     ApiKey,
     Token,
+    /// RFC 9421 hmac-sha256 signature over method, target URI and Content-Digest, fresh nonce
+    /// per request (signed by the load generator, which pays that cost too).
+    Signature,
+    /// Client certificates over the TLS listener (HTTP/1.1 keep-alive; one handshake per
+    /// connection).
+    Mtls,
 }
 
 impl BenchAuth {
@@ -108,9 +114,14 @@ impl BenchAuth {
         match self {
             BenchAuth::ApiKey => "API key",
             BenchAuth::Token => "Authority token",
+            BenchAuth::Signature => "HTTP signature (hmac-sha256)",
+            BenchAuth::Mtls => "mTLS client certificate",
         }
     }
 }
+
+/// Hostname the bench binds to its tenant for mTLS.
+const BENCH_MTLS_HOST: &str = "bench.mtls.local";
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ensure!(args.subjects >= 1, "--subjects must be at least 1");
@@ -217,14 +228,27 @@ async fn measure_gateway(
     grant_all(addr, &key, subjects, spread.connections).await?;
 
     eprintln!("bench: GET /healthz ceiling ({duration:?})");
-    let healthz = load(addr, spread.connections, duration, healthz_requests(), StatusCode::OK).await?;
-    let credential = match spread.auth {
-        BenchAuth::ApiKey => key.clone(),
-        BenchAuth::Token => authority_token(addr, &key).await?,
-    };
+    let healthz = load(&Target::Plain(addr), spread.connections, duration, healthz_requests(), StatusCode::OK).await?;
     eprintln!("bench: POST /v1/debits with an {} ({duration:?})", spread.auth.name());
-    let debits = debit_requests(&credential, subjects.clone(), spread)?;
-    let debits = load(addr, spread.connections, duration, debits, StatusCode::CREATED).await?;
+    let plain = Target::Plain(addr);
+    let (target, debits) = match spread.auth {
+        BenchAuth::ApiKey => (plain, debit_requests(Auth::Bearer(key.clone()), subjects.clone(), spread, "127.0.0.1")?),
+        BenchAuth::Token => {
+            let token = authority_token(addr, &key).await?;
+            (plain, debit_requests(Auth::Bearer(token), subjects.clone(), spread, "127.0.0.1")?)
+        }
+        BenchAuth::Signature => {
+            let (id, secret) = signing_key(addr, &key).await?;
+            let auth = Auth::Signed { keyid: id, key: Arc::new(licenseseal_auth::httpsig::SigningKey::Hmac(secret)) };
+            (plain, debit_requests(auth, subjects.clone(), spread, "127.0.0.1")?)
+        }
+        BenchAuth::Mtls => {
+            let pki = gateway.pki.as_ref().context("the mTLS bench needs the TLS listener")?;
+            let target = mtls_target(addr, &key, pki).await?;
+            (target, debit_requests(Auth::None, subjects.clone(), spread, BENCH_MTLS_HOST)?)
+        }
+    };
+    let debits = load(&target, spread.connections, duration, debits, StatusCode::CREATED).await?;
     eprintln!("bench: store only, no HTTP ({duration:?})");
     let store_only = store_only(&gateway.store, &tenant, subjects, spread, duration).await?;
     Ok((healthz, debits, store_only))
@@ -305,6 +329,8 @@ struct Gateway {
     operator_key: String,
     store: Arc<dyn LedgerStore>,
     state: AppState,
+    /// The TLS listener's certificates (always started; used by `--auth mtls`).
+    pki: Option<BenchPki>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -322,9 +348,13 @@ async fn start_gateway(store: Arc<dyn LedgerStore>, store_name: &str) -> anyhow:
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let task = tokio::spawn(licenseseal_server::serve(listener, state.clone(), shutdown));
-    eprintln!("bench: gateway on {addr}, {store_name}");
-    Ok(Gateway { addr, operator_key, store, state, stop, task })
+    let (mut pki, identity) = bench_pki()?;
+    let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1:0")?;
+    pki.tls_addr = tls_listener.local_addr()?;
+    let tls = Some((tls_listener, Arc::new(identity)));
+    let task = tokio::spawn(licenseseal_server::serve_with_tls(listener, tls, state.clone(), shutdown));
+    eprintln!("bench: gateway on {addr} (TLS on {}), {store_name}", pki.tls_addr);
+    Ok(Gateway { addr, operator_key, store, state, pki: Some(pki), stop, task })
 }
 
 impl Gateway {
@@ -342,18 +372,50 @@ type Sender = SendRequest<Full<Bytes>>;
 /// Builds the `seq`-th request of worker `worker`.
 type MakeRequest = Arc<dyn Fn(usize, u64) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync>;
 
-/// One HTTP/1.1 keep-alive connection with TCP_NODELAY.
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+/// Where the load goes: the plain listener, or the TLS listener with a client certificate.
+#[derive(Clone)]
+enum Target {
+    Plain(SocketAddr),
+    Tls { addr: SocketAddr, connector: tokio_rustls::TlsConnector },
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<Sender> {
+        match self {
+            Target::Plain(addr) => connect(*addr).await,
+            Target::Tls { addr, connector } => {
+                let stream = tcp(*addr).await?;
+                let name = rustls_pki_types::ServerName::try_from(BENCH_MTLS_HOST)?;
+                let tls = connector.connect(name, stream).await.context("TLS handshake failed")?;
+                http1(tls).await
+            }
+        }
+    }
+}
+
+async fn tcp(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn http1<T>(io: T) -> anyhow::Result<Sender>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake failed")?;
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.context("HTTP/1.1 handshake failed")?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "bench connection closed");
         }
     });
     Ok(sender)
+}
+
+/// One HTTP/1.1 keep-alive connection with TCP_NODELAY.
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    http1(tcp(addr).await?).await
 }
 
 /// Sends one request and reads the whole response.
@@ -441,6 +503,84 @@ async fn authority_token(addr: SocketAddr, key: &str) -> anyhow::Result<String> 
     token["access_token"].as_str().map(str::to_owned).context("the token response has no access_token")
 }
 
+/// Creates an HMAC signing credential for the bench tenant: (id, secret).
+async fn signing_key(addr: SocketAddr, key: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    use base64::Engine;
+    let mut sender = connect(addr).await?;
+    let body = json!({ "alg": "hmac-sha256", "scopes": ["usage.debit", "credits.grant"] });
+    let created = call(&mut sender, json_request("/v1/signing-keys", key, None, &body)?, StatusCode::CREATED).await?;
+    let id = created["id"].as_str().context("no signing key id")?.to_owned();
+    let secret = base64::engine::general_purpose::STANDARD.decode(created["secret"].as_str().context("no secret")?)?;
+    Ok((id, secret))
+}
+
+/// Throwaway certificates for the mTLS bench: a server certificate for the TLS listener and a
+/// tenant CA with one client certificate.
+struct BenchPki {
+    tls_addr: SocketAddr,
+    server_ca_pem: String,
+    client_ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+fn bench_pki() -> anyhow::Result<(BenchPki, TlsIdentity)> {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    let ca = |name: &str| -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate()?;
+        Ok((params.self_signed(&key)?, key))
+    };
+    let (server_ca, server_ca_key) = ca("bench server CA")?;
+    let (client_ca, client_ca_key) = ca("bench client CA")?;
+    let server_key = KeyPair::generate()?;
+    let server =
+        CertificateParams::new(vec![BENCH_MTLS_HOST.to_owned()])?.signed_by(&server_key, &server_ca, &server_ca_key)?;
+    let client_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![SanType::URI("spiffe://bench/client".try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = params.signed_by(&client_key, &client_ca, &client_ca_key)?;
+    let identity = TlsIdentity::from_pem(server.pem().as_bytes(), server_key.serialize_pem().as_bytes())?;
+    let pki = BenchPki {
+        tls_addr: "127.0.0.1:0".parse()?,
+        server_ca_pem: server_ca.pem(),
+        client_ca_pem: client_ca.pem(),
+        client_cert_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    };
+    Ok((pki, identity))
+}
+
+/// Binds the bench tenant to the mTLS hostname, trusts the client CA, maps the client
+/// certificate to a debit principal, and returns a TLS target presenting that certificate.
+async fn mtls_target(addr: SocketAddr, key: &str, pki: &BenchPki) -> anyhow::Result<Target> {
+    use rustls_pki_types::pem::PemObject;
+    let mut sender = connect(addr).await?;
+    let mut patch = json_request("/v1/tenant", key, None, &json!({ "mtls_hostname": BENCH_MTLS_HOST }))?;
+    *patch.method_mut() = Method::PATCH;
+    call(&mut sender, patch, StatusCode::OK).await?;
+    call(
+        &mut sender,
+        json_request("/v1/client-cas", key, None, &json!({ "pem": pki.client_ca_pem }))?,
+        StatusCode::CREATED,
+    )
+    .await?;
+    let rule = json!({ "san_uri": "spiffe://bench/client", "scopes": ["usage.debit"] });
+    call(&mut sender, json_request("/v1/client-identities", key, None, &rule)?, StatusCode::CREATED).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(pki.server_ca_pem.as_bytes())?)?;
+    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(pki.client_cert_pem.as_bytes())?];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.client_key_pem.as_bytes())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Target::Tls { addr: pki.tls_addr, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+}
+
 // --- Credential checks in-process --------------------------------------------------------
 
 /// Credential checks timed one at a time, in-process (no HTTP): the cost a request pays for
@@ -503,25 +643,65 @@ fn healthz_requests() -> MakeRequest {
     Arc::new(|_, _| Ok(Request::get("/healthz").header(header::HOST, "127.0.0.1").body(Full::new(Bytes::new()))?))
 }
 
+/// How the bench's debits authenticate.
+enum Auth {
+    Bearer(String),
+    Signed {
+        keyid: String,
+        key: Arc<licenseseal_auth::httpsig::SigningKey>,
+    },
+    /// The connection's client certificate.
+    None,
+}
+
 /// Debits of 1 with a unique idempotency key per request.
-fn debit_requests(key: &str, subjects: Arc<[String]>, spread: Spread) -> anyhow::Result<MakeRequest> {
-    let authorization = HeaderValue::from_str(&format!("Bearer {key}"))?;
+fn debit_requests(
+    auth: Auth,
+    subjects: Arc<[String]>,
+    spread: Spread,
+    host: &'static str,
+) -> anyhow::Result<MakeRequest> {
+    let bearer = match &auth {
+        Auth::Bearer(token) => Some(HeaderValue::from_str(&format!("Bearer {token}"))?),
+        _ => None,
+    };
     Ok(Arc::new(move |worker, seq| {
         let subject = &subjects[spread.pick(worker, seq)];
         let body = format!(r#"{{"subject":"{subject}","amount":1}}"#);
-        Ok(Request::post("/v1/debits")
-            .header(header::HOST, "127.0.0.1")
-            .header(header::AUTHORIZATION, authorization.clone())
+        let mut builder = Request::post("/v1/debits")
+            .header(header::HOST, host)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", format!("bench-{worker}-{seq}"))
-            .body(Full::new(Bytes::from(body)))?)
+            .header("idempotency-key", format!("bench-{worker}-{seq}"));
+        if let Some(bearer) = &bearer {
+            builder = builder.header(header::AUTHORIZATION, bearer.clone());
+        }
+        if let Auth::Signed { keyid, key } = &auth {
+            use licenseseal_auth::httpsig::{sign_request, RequestParts};
+            let req = RequestParts {
+                method: "POST",
+                scheme: "http",
+                authority: host,
+                path: "/v1/debits",
+                query: None,
+                headers: &[],
+            };
+            let created = SystemClock.now().micros().div_euclid(1_000_000);
+            let nonce = format!("{worker}-{seq}-{created}");
+            let signed =
+                sign_request(&req, body.as_bytes(), key, keyid, created, &nonce).map_err(|e| anyhow!("{e}"))?;
+            builder = builder
+                .header("signature-input", signed.signature_input)
+                .header("signature", signed.signature)
+                .header("content-digest", signed.content_digest.unwrap_or_default());
+        }
+        Ok(builder.body(Full::new(Bytes::from(body)))?)
     }))
 }
 
 /// Drives `make` over `connections` keep-alive connections through the warm-up and
 /// `duration`; a request succeeds when answered with `expected`.
 async fn load(
-    addr: SocketAddr,
+    target: &Target,
     connections: usize,
     duration: Duration,
     make: MakeRequest,
@@ -530,7 +710,7 @@ async fn load(
     let window = Window::after_warm_up(duration);
     let mut tasks = JoinSet::new();
     for worker in 0..connections {
-        tasks.spawn(load_worker(addr, worker, window, make.clone(), expected));
+        tasks.spawn(load_worker(target.clone(), worker, window, make.clone(), expected));
     }
     let mut tallies = Vec::with_capacity(connections);
     while let Some(joined) = tasks.join_next().await {
@@ -541,13 +721,13 @@ async fn load(
 
 /// One connection sending requests back to back until the window closes.
 async fn load_worker(
-    addr: SocketAddr,
+    target: Target,
     worker: usize,
     window: Window,
     make: MakeRequest,
     expected: StatusCode,
 ) -> anyhow::Result<Tally> {
-    let mut sender = connect(addr).await?;
+    let mut sender = target.connect().await?;
     let mut tally = Tally::default();
     let mut seq = 0;
     while !window.is_over() {
@@ -561,7 +741,7 @@ async fn load_worker(
         };
         tally.record(&window, started, result);
         if broken {
-            sender = connect(addr).await?;
+            sender = target.connect().await?;
         }
     }
     Ok(tally)
