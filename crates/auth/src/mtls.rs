@@ -87,6 +87,10 @@ pub struct ClientCert {
     pub san_dns: Vec<String>,
     /// Whether the certificate names clientAuth among its extended key usages.
     pub client_auth: bool,
+    /// The validity period, Unix seconds: checked on every request, so that a long-lived
+    /// connection stops working when its certificate expires.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 impl ClientCert {
@@ -97,6 +101,8 @@ impl ClientCert {
             san_uris: Vec::new(),
             san_dns: Vec::new(),
             client_auth: false,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
         };
         for ext in cert.extensions() {
             match ext.parsed_extension() {
@@ -217,7 +223,13 @@ impl Mtls {
         let Some(rule) = identify(&cert, &trust.identities) else {
             return fail(FailureReason::NoIdentityRule);
         };
-        let _ = now;
+        let now_secs = now.micros().div_euclid(1_000_000);
+        if now_secs < cert.not_before {
+            return fail(FailureReason::NotYetValid);
+        }
+        if now_secs > cert.not_after {
+            return fail(FailureReason::Expired);
+        }
         Ok(Principal {
             tenant_id: Some(tenant.clone()),
             subject: rule.subject.clone(),

@@ -344,3 +344,18 @@ async fn registration_refuses_bad_bundles_rules_and_settings() {
     let bound = s.gw.key(key, json!({ "name": "b", "scopes": ["keys.manage"], "subject": "alice" })).await;
     assert_eq!(s.gw.post("/v1/client-cas", &bound, None, json!({ "pem": s.beta_ca.cert_pem() })).await.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_that_expires_stops_working_on_a_live_connection() {
+    let s = setup().await;
+    // One client, one kept-alive connection: the handshake happened while the certificate was
+    // valid; every request still checks its validity against the gateway's clock.
+    let cert = client(&s, ACME, Some(s.acme_ca.client_cert(&ClientCertSpec { not_after_days: 2, ..billing() })));
+    assert_eq!(debit(&cert, &s, "e1", "alice").await.unwrap().status, 201);
+    s.gw.advance(3 * 86_400);
+    let r = debit(&cert, &s, "e2", "alice").await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.is_problem());
+    s.gw.advance(-3 * 86_400);
+    assert_eq!(debit(&cert, &s, "e3", "alice").await.unwrap().status, 201);
+}

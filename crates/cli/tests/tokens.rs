@@ -182,6 +182,27 @@ conformance! {
         assert_eq!((own.status, own.str("subject")), (201, "alice".to_owned()));
     }
 
+    async fn the_exchange_obeys_the_tenants_methods(gw) {
+        let t = gw.tenant().await;
+        let (id, secret) = key_with(&gw, &t, &["usage.debit", "keys.manage"], None).await;
+        let before = token_for(&gw, &id, &secret, None).await;
+        // A tenant that refuses API keys cannot have one turned into a token (A15): neither
+        // as client id and secret nor as a bearer credential.
+        let set = gw.call("PATCH", "/v1/tenant", Some(&t.key), None, Some(json!({ "auth_methods": ["authority_token"] }))).await;
+        assert_eq!(set.status, 200, "{}", set.body);
+        let grant = [("grant_type", "client_credentials")];
+        let post = [("grant_type", "client_credentials"), ("client_id", id.as_str()), ("client_secret", secret.as_str())];
+        let refused = uniform(&form(&gw, &post, None, None).await);
+        assert_eq!(uniform(&form(&gw, &grant, Some((&id, &secret)), None).await), refused);
+        assert_eq!(uniform(&form(&gw, &grant, None, Some(&secret)).await), refused);
+        // A token issued before the change is an Authority token, which the tenant accepts.
+        let r = gw.call("GET", "/v1/signing-keys", Some(&before), None, None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let reset = gw.call("PATCH", "/v1/tenant", Some(&before), None, Some(json!({ "auth_methods": ["api_key", "authority_token"] }))).await;
+        assert_eq!(reset.status, 200, "{}", reset.body);
+        token_for(&gw, &id, &secret, None).await;
+    }
+
     async fn revoking_the_key_ends_its_tokens_and_expiry_ends_them_all(gw) {
         let t = gw.tenant().await;
         gw.grant(&t.key, "g1", "alice", 100).await;

@@ -145,7 +145,12 @@ async fn client(
             if principal.credential_id != id {
                 return Err(fail(FailureReason::UnknownKey));
             }
-            principal
+            // The tenant's method policy holds here as on every route: a tenant that refuses
+            // API keys cannot have one turned into a token.
+            match state.auth.check_method(&principal, state.config.tenant_cache_ttl).await {
+                Ok(()) => principal,
+                Err(e) => return Err(auth_error(parts, e)),
+            }
         }
         (Some(_), None, None) => extract::authenticate(parts, state).await?,
         (None, None, None) => return Err(fail(FailureReason::Missing)),
