@@ -203,6 +203,36 @@ conformance! {
         token_for(&gw, &id, &secret, None).await;
     }
 
+    async fn api_keys_are_found_by_their_whole_secret_never_by_prefix(gw) {
+        // A10: a key is looked up by the hash of the whole secret, so nothing that merely
+        // shares its visible prefix, its length or most of its characters gets anywhere, and
+        // every such failure is the same 401.
+        let t = gw.tenant().await;
+        let (_, secret) = key_with(&gw, &t, &["ledger.read"], None).await;
+        let r = gw.call("GET", "/v1/events", Some(&secret), None, None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let flip = |i: usize| {
+            let mut bytes = secret.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(bytes).unwrap()
+        };
+        let near_misses = [
+            secret[..12].to_owned(),
+            format!("{}{}", &secret[..12], "A".repeat(secret.len() - 12)),
+            flip(secret.len() - 1),
+            flip(12),
+            format!("{secret}x"),
+            secret[..secret.len() - 1].to_owned(),
+            secret.to_uppercase(),
+        ];
+        let first = uniform(&gw.call("GET", "/v1/events", Some(&near_misses[0]), None, None).await);
+        for candidate in &near_misses[1..] {
+            assert_ne!(candidate, &secret);
+            let r = gw.call("GET", "/v1/events", Some(candidate), None, None).await;
+            assert_eq!(uniform(&r), first, "{candidate}");
+        }
+    }
+
     async fn revoking_the_key_ends_its_tokens_and_expiry_ends_them_all(gw) {
         let t = gw.tenant().await;
         gw.grant(&t.key, "g1", "alice", 100).await;
@@ -319,8 +349,13 @@ conformance! {
         // A8: on routes open to anonymous callers an invalid credential is still refused.
         for path in ["/healthz", "/readyz", "/.well-known/jwks.json", "/.well-known/openid-configuration"] {
             assert_eq!(gw.call("GET", path, None, None, None).await.status, 200, "{path}");
-            let bad = gw.call("GET", path, Some(&forged[0]), None, None).await;
-            assert_eq!(uniform(&bad), reference, "{path}");
+            let mut foreign = claims.clone();
+            foreign["iss"] = json!("https://unknown-issuer.example");
+            let unknown_issuer = common::idp::forge(&header.to_string(), &foreign.to_string(), &sig_bytes);
+            for bad in [forged[0].as_str(), unknown_issuer.as_str(), "lsk_not_a_real_key", "garbage"] {
+                let r = gw.call("GET", path, Some(bad), None, None).await;
+                assert_eq!(uniform(&r), reference, "{path} with {bad:.20}");
+            }
             assert_eq!(gw.call("GET", path, Some(&token), None, None).await.status, 200, "{path}");
         }
         // Two credentials at once: ambiguous, refused (even when each alone is valid).

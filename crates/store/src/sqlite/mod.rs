@@ -94,7 +94,7 @@ impl SqliteStore {
         // in place, which also keeps each commit's fsync cheap.
         conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages as i64)?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
-        let writer = Writer::new(conn, clock.clone(), config.batch_size_max, config.account_cache_max);
+        let writer = Writer::new(conn, &path, clock.clone(), config.batch_size_max, config.account_cache_max)?;
         let thread = std::thread::Builder::new()
             .name("licenseseal-writer".into())
             .spawn(move || writer.run(rx))

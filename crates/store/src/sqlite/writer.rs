@@ -1,12 +1,20 @@
 //! The single writer. It owns the only write connection; requests queue to it and are
-//! committed together (group commit: many operations, one transaction, one fsync). Each
-//! operation runs inside its own savepoint, so one that fails is rolled back alone and the
-//! rest of the batch still commits. No reply is sent before its batch's commit returned.
+//! committed together (group commit: many operations, one transaction, one fsync). An
+//! operation that fails is rolled back alone (the batch is redone with a savepoint around each
+//! operation) and the rest of the batch still commits.
+//!
+//! Durability is pipelined: the connection runs with `synchronous = NORMAL`, so a COMMIT only
+//! hands the WAL frames to the OS, and a second thread, the syncer, `fdatasync`s the WAL file
+//! and only then answers the batch's callers, while the writer already applies the next
+//! batch. No reply is ever sent before the commit that holds it is on disk. (`NORMAL` keeps
+//! SQLite's own checkpoints safe: the WAL is synced before a checkpoint, the database after
+//! it, and the WAL header before the WAL is reused.)
 //!
 //! Because it is the only writer, it keeps the accounts it has touched in memory: the cache is
 //! exactly what is committed, and is dropped whole if a commit ever fails.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use licenseseal_ledger::idempotency::decide_idempotency;
@@ -51,22 +59,138 @@ pub(crate) struct Writer {
     clock: Arc<dyn Clock>,
     last_now: Timestamp,
     batch_max: usize,
+    syncer: Syncer,
 }
 
 type Reply = oneshot::Sender<Result<Execution, StoreError>>;
 
+/// What the syncer answers once the WAL holding it is on disk.
+enum Pending {
+    Ledger(Vec<(Reply, Result<Execution, StoreError>)>),
+    Admin(Completion, Result<(), StoreError>),
+}
+
+impl Pending {
+    /// Answers with the operations' results if the WAL holding them is durable, else with the
+    /// reason it is not.
+    fn deliver(self, durable: &Result<(), String>) {
+        let lost = |reason: &String| StoreError::Unavailable(reason.clone());
+        match (self, durable) {
+            (Pending::Ledger(replies), Ok(())) => {
+                for (reply, result) in replies {
+                    let _ = reply.send(result);
+                }
+            }
+            (Pending::Ledger(replies), Err(e)) => {
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(lost(e)));
+                }
+            }
+            (Pending::Admin(done, fate), Ok(())) => done(fate),
+            (Pending::Admin(done, _), Err(e)) => done(Err(lost(e))),
+        }
+    }
+}
+
+/// The thread that makes committed batches durable and then answers them, in commit order.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts the syncer for the database at `db_path`, whose WAL is `<db_path>-wal`.
+    fn start(db_path: &Path) -> Result<Self, StoreError> {
+        let wal_path = wal_path(db_path);
+        let wal = std::fs::File::open(&wal_path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the WAL {}: {e}", wal_path.display())))?;
+        // The WAL's directory entry must be durable too (once: the file is reused, never
+        // replaced, while the store is open).
+        if let Some(dir) = db_path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Unavailable(format!("cannot sync {}: {e}", dir.display())))?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let thread = std::thread::Builder::new()
+            .name("licenseseal-sync".into())
+            .spawn(move || {
+                // After one failed fdatasync nothing later may be acknowledged: the kernel may
+                // have dropped the pages it could not write.
+                let mut failed: Option<String> = None;
+                while let Ok(first) = rx.recv() {
+                    let mut pending = vec![first];
+                    pending.extend(rx.try_iter());
+                    let durable = match &failed {
+                        Some(reason) => Err(reason.clone()),
+                        None => wal.sync_data().map_err(|e| {
+                            tracing::error!(error = %e, "store: fdatasync of the WAL failed; refusing every later write");
+                            let reason = format!("the write-ahead log could not be synced: {e}");
+                            failed = Some(reason.clone());
+                            reason
+                        }),
+                    };
+                    for p in pending {
+                        p.deliver(&durable);
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
+        Ok(Syncer { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&self, pending: Pending) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(pending)) = tx.send(pending) {
+                    pending.deliver(&Err("the store is shutting down".into()));
+                }
+            }
+            None => pending.deliver(&Err("the store is shutting down".into())),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    /// Waits until everything handed over is durable and answered.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// SQLite's WAL file for a database file.
+pub(crate) fn wal_path(db_path: &Path) -> std::path::PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
 impl Writer {
-    pub(crate) fn new(conn: Connection, clock: Arc<dyn Clock>, batch_max: usize, cache_max: usize) -> Self {
-        Writer {
+    /// Takes over the write connection of the database at `db_path` (in WAL mode, with the WAL
+    /// already created) and starts its syncer.
+    pub(crate) fn new(
+        conn: Connection,
+        db_path: &Path,
+        clock: Arc<dyn Clock>,
+        batch_max: usize,
+        cache_max: usize,
+    ) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Writer {
             conn,
             cache: AccountCache { map: HashMap::new(), max: cache_max },
             clock,
             last_now: Timestamp::from_micros(0),
             batch_max,
-        }
+            syncer: Syncer::start(db_path)?,
+        })
     }
 
-    /// Runs until every sender is gone, then returns after the last commit.
+    /// Runs until every sender is gone, then returns after the last commit is durable and
+    /// answered.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut ledger = Vec::with_capacity(self.batch_max);
@@ -124,9 +248,8 @@ impl Writer {
         );
         match fate {
             Ok(results) => {
-                for ((_, reply), result) in ops.drain(..).zip(results) {
-                    let _ = reply.send(result);
-                }
+                let replies = ops.drain(..).map(|(_, reply)| reply).zip(results).collect();
+                self.syncer.send(Pending::Ledger(replies));
             }
             Err(message) => {
                 tracing::error!(error = %message, "store: batch failed; nothing of it was committed");
@@ -184,7 +307,9 @@ impl Writer {
         if !ok || fate.is_err() {
             self.rollback();
         }
-        done(fate)
+        // Answered in commit order, after the WAL is synced (a failed admin write changed
+        // nothing, but a later reader must not see an earlier batch undone either way).
+        self.syncer.send(Pending::Admin(done, fate));
     }
 
     /// Rolls back the open transaction and forgets every cached account, which may hold
@@ -400,10 +525,11 @@ mod tests {
     use licenseseal_ledger::{Amount, CreditType, Fingerprint, IdempotencyKey, SubjectId, TenantId};
 
     fn writer(dir: &std::path::Path) -> Writer {
-        let mut conn = Connection::open(dir.join("w.db")).unwrap();
+        let path = dir.join("w.db");
+        let mut conn = Connection::open(&path).unwrap();
         super::super::schema::configure(&conn).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        Writer::new(conn, Arc::new(SystemClock), 100, 100)
+        Writer::new(conn, &path, Arc::new(SystemClock), 100, 100).unwrap()
     }
 
     fn grant(tenant: &TenantId, key: &str) -> (Command, Reply, oneshot::Receiver<Result<Execution, StoreError>>) {
@@ -445,7 +571,7 @@ mod tests {
             receivers.push(rx);
         }
         w.commit_ledger(&mut ops);
-        let results: Vec<_> = receivers.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
+        let results: Vec<_> = receivers.into_iter().map(|rx| rx.blocking_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(Execution::Fresh(Outcome::Applied(_)))), "{:?}", results[0]);
         assert!(matches!(results[1], Err(StoreError::Corrupt(_))), "{:?}", results[1]);
         assert!(matches!(results[2], Ok(Execution::Fresh(Outcome::Applied(_)))), "{:?}", results[2]);
