@@ -449,6 +449,89 @@ conformance! {
         assert_eq!(gw.grant(&t.key, "g", "a.b", 5).await.status, 201);
     }
 
+    async fn idempotency_keys_on_writes_outside_the_ledger_replay(gw) {
+        let op = gw.operator_key.clone();
+        // Tenants: the same key and request → the first tenant again, marked as a replay.
+        let first = gw.call("POST", "/v1/tenants", Some(&op), Some("t-1"), Some(json!({ "name": "Acme" }))).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        assert_eq!(first.header("idempotent-replayed"), None);
+        // The same request spelled differently (whitespace, member order) is the same request.
+        let again = gw.http.post(format!("{}/v1/tenants", gw.base)).bearer_auth(&op)
+            .header("idempotency-key", "t-1").header("content-type", "application/json")
+            .body("{ \"name\" :  \"Acme\" }").send().await.unwrap();
+        let again = common::Gateway::reply(again).await;
+        assert_eq!(again.status, 201, "{}", again.body);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.body, first.body);
+        // Another request under the key → 422; without a key → a new tenant each time.
+        let other = gw.call("POST", "/v1/tenants", Some(&op), Some("t-1"), Some(json!({ "name": "Other" }))).await;
+        assert_eq!((other.status, other.is_problem()), (422, true), "{}", other.body);
+        let a = gw.call("POST", "/v1/tenants", Some(&op), None, Some(json!({ "name": "Acme" }))).await;
+        let b = gw.call("POST", "/v1/tenants", Some(&op), None, Some(json!({ "name": "Acme" }))).await;
+        assert_ne!(a.str("id"), b.str("id"));
+        // A refused request stores nothing: the key is free for the corrected request.
+        let bad = gw.call("POST", "/v1/tenants", Some(&op), Some("t-2"), Some(json!({ "nom": "x" }))).await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        let good = gw.call("POST", "/v1/tenants", Some(&op), Some("t-2"), Some(json!({ "name": "Fixed" }))).await;
+        assert_eq!((good.status, good.header("idempotent-replayed")), (201, None), "{}", good.body);
+        let bad_key = gw.call("POST", "/v1/tenants", Some(&op), Some(&"k".repeat(256)), Some(json!({ "name": "x" }))).await;
+        assert_eq!((bad_key.status, bad_key.is_problem()), (400, true));
+
+        // API keys: the replay names the same key but never shows its secret again.
+        let t = gw.tenant().await;
+        let body = json!({ "name": "ci", "scopes": ["ledger.read"] });
+        let created = gw.call("POST", "/v1/api-keys", Some(&t.key), Some("k-1"), Some(body.clone())).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let secret = created.str("key");
+        let replay = gw.call("POST", "/v1/api-keys", Some(&t.key), Some("k-1"), Some(body.clone())).await;
+        assert_eq!((replay.status, replay.header("idempotent-replayed")), (201, Some("true")));
+        assert_eq!(replay.body["id"], created.body["id"]);
+        assert!(replay.body.get("key").is_none(), "{}", replay.body);
+        assert!(!replay.body.to_string().contains(&secret));
+        let keys = gw.get("/v1/api-keys", &t.key).await;
+        let named: Vec<_> = keys.body["data"].as_array().unwrap().iter().filter(|k| k["name"] == "ci").collect();
+        assert_eq!(named.len(), 1, "one key created");
+        assert_eq!(gw.get("/v1/events", &secret).await.status, 200);
+        // Keys are scoped per tenant: another tenant's "k-1" is its own.
+        let u = gw.tenant().await;
+        let theirs = gw.call("POST", "/v1/api-keys", Some(&u.key), Some("k-1"), Some(body)).await;
+        assert_eq!((theirs.status, theirs.header("idempotent-replayed")), (201, None));
+
+        // Account policy.
+        let policy = json!({ "overdraft_limit": 50 });
+        let set = gw.call("PATCH", "/v1/accounts/alice", Some(&t.key), Some("p-1"), Some(policy.clone())).await;
+        assert_eq!(set.status, 200, "{}", set.body);
+        let replay = gw.call("PATCH", "/v1/accounts/alice", Some(&t.key), Some("p-1"), Some(policy)).await;
+        assert_eq!((replay.status, replay.header("idempotent-replayed")), (200, Some("true")));
+        let changed = gw.call("PATCH", "/v1/accounts/alice", Some(&t.key), Some("p-1"), Some(json!({ "overdraft_limit": 9 }))).await;
+        assert_eq!(changed.status, 422);
+        assert_eq!(gw.account(&t.key, "alice").await.i64("overdraft_limit"), 50);
+        // An unauthenticated request with a key is refused like any other, and claims nothing.
+        let anon = gw.call("POST", "/v1/tenants", Some("lsk_wrong"), Some("t-3"), Some(json!({ "name": "x" }))).await;
+        assert_eq!(anon.status, 401);
+        let later = gw.call("POST", "/v1/tenants", Some(&op), Some("t-3"), Some(json!({ "name": "x" }))).await;
+        assert_eq!((later.status, later.header("idempotent-replayed")), (201, None));
+    }
+
+    async fn concurrent_duplicates_of_a_write_outside_the_ledger_create_one_thing(gw) {
+        let t = gw.tenant().await;
+        let body = json!({ "name": "dup", "scopes": ["ledger.read"] });
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let request = gw.http.post(format!("{}/v1/api-keys", gw.base)).bearer_auth(&t.key)
+                .header("idempotency-key", "same").json(&body);
+            calls.spawn(async move { common::Gateway::reply(request.send().await.unwrap()).await });
+        }
+        let replies = calls.join_all().await;
+        let mut ids = std::collections::HashSet::new();
+        for r in &replies {
+            assert_eq!(r.status, 201, "{}", r.body);
+            ids.insert(r.str("id"));
+        }
+        assert_eq!(ids.len(), 1, "every duplicate answered with the one key");
+        assert_eq!(replies.iter().filter(|r| r.body.get("key").is_some()).count(), 1, "the secret shown once");
+    }
+
     async fn balances_stay_within_what_json_clients_read_exactly(gw) {
         let t = gw.tenant().await;
         assert_eq!(gw.grant(&t.key, "g1", "rich", 9_007_199_254_740_991).await.status, 201);

@@ -101,10 +101,26 @@ impl<R: Requires> FromRequestParts<AppState> for Authed<R> {
 /// connection that also presented a certificate) is refused as ambiguous: no method is ever
 /// picked silently over another. The principal's tenant must accept the method.
 pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let fail = |reason: FailureReason| {
-        audit(parts, &reason.to_string());
-        ApiError::Unauthenticated
-    };
+    match resolve(parts, state).await {
+        Ok(principal) => Ok(principal),
+        Err(Refused::Unauthenticated(reason)) => {
+            audit(parts, &reason.to_string());
+            Err(ApiError::Unauthenticated)
+        }
+        Err(Refused::Other(e)) => Err(e),
+    }
+}
+
+/// Why [`resolve`] found no principal.
+pub(crate) enum Refused {
+    Unauthenticated(FailureReason),
+    Other(ApiError),
+}
+
+/// [`authenticate`] without the audit record: for a layer that only needs to know who is
+/// calling and leaves every refusal to the handler.
+pub(crate) async fn resolve(parts: &Parts, state: &AppState) -> Result<Principal, Refused> {
+    let fail = |reason: FailureReason| Refused::Unauthenticated(reason);
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
     let authorization = values.next();
     let certificate = parts.extensions.get::<TlsPeer>().and_then(|p| Some((p.tenant.clone()?, p.client_cert.clone()?)));
@@ -133,12 +149,12 @@ pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Prin
     let principal = match resolved {
         Ok(principal) => principal,
         Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => return Err(fail(reason)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Refused::Other(e.into())),
     };
     match state.auth.check_method(&principal, state.config.tenant_cache_ttl).await {
         Ok(()) => Ok(principal),
         Err(licenseseal_auth::AuthError::Unauthenticated(reason)) => Err(fail(reason)),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(Refused::Other(e.into())),
     }
 }
 

@@ -37,3 +37,22 @@ pub(crate) fn strings_json(values: &[String]) -> String {
 pub(crate) fn strings_from_json(json: &str, what: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
+
+/// A stored request-idempotency row as a claim outcome: finished when it has a status.
+pub(crate) fn request_claim(
+    fingerprint: Vec<u8>,
+    status: Option<i64>,
+    body: Option<String>,
+) -> Result<crate::RequestClaim, StoreError> {
+    let fingerprint: [u8; 32] =
+        fingerprint.try_into().map_err(|_| StoreError::Corrupt("request fingerprint length".into()))?;
+    Ok(match (status, body) {
+        (None, _) => crate::RequestClaim::InFlight { fingerprint },
+        (Some(status), Some(body)) => crate::RequestClaim::Done {
+            fingerprint,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("request status".into()))?,
+            body,
+        },
+        (Some(_), None) => return Err(StoreError::Corrupt("finished request without a body".into())),
+    })
+}

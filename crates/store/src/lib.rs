@@ -106,6 +106,21 @@ pub trait LedgerStore: Send + Sync + 'static {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<bool, StoreError>;
+    /// Claims `key` in `scope` (a tenant id, or `operator`) for a request outside the ledger
+    /// with this `fingerprint`. A claim older than `stale_before` that never finished (its
+    /// process died) may be taken over. One statement on PostgreSQL, so exactly one of any
+    /// number of concurrent claims from any instance wins.
+    async fn claim_request(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<RequestClaim, StoreError>;
+    /// Finishes a claim: `Some((status, body))` records the response to replay, `None` releases
+    /// the key (the request wrote nothing).
+    async fn finish_request(&self, scope: &str, key: &str, response: Option<(u16, String)>) -> Result<(), StoreError>;
     /// Whether `claim_nonce` is shared by every instance of the deployment (PostgreSQL: true;
     /// SQLite: false — the embedded store is single-process, so the gateway may keep nonces in
     /// memory instead of writing them).

@@ -206,3 +206,16 @@ pub struct Page {
     pub after: Option<i64>,
     pub limit: u32,
 }
+
+/// Where an idempotent request outside the ledger (a tenant, a key, a setting) stands under
+/// its key, as [`crate::LedgerStore::claim_request`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestClaim {
+    /// The key was free (or its claim had gone stale): the caller now holds it and must finish
+    /// or release it.
+    Claimed,
+    /// Another request holds the key and has not finished yet.
+    InFlight { fingerprint: [u8; 32] },
+    /// A request finished under the key: its fingerprint and the response it got.
+    Done { fingerprint: [u8; 32], status: u16, body: String },
+}

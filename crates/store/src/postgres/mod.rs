@@ -23,7 +23,8 @@ use self::batch::{account_key, account_state_from, lock_accounts, lot_from, run_
 use crate::codec::{corrupt, event_from_row, scopes_from_json, scopes_json, strings_from_json, strings_json};
 use crate::{
     AccountView, ApiKeyRecord, AuthorityKeyRecord, ClientCaRecord, ClientIdentityRecord, Clock, EventFilter, Execution,
-    IdentityProviderRecord, LedgerStore, Page, PolicyChange, SigningKeyRecord, StoreError, Tenant, TenantSettings,
+    IdentityProviderRecord, LedgerStore, Page, PolicyChange, RequestClaim, SigningKeyRecord, StoreError, Tenant,
+    TenantSettings,
 };
 
 /// Named limits of the PostgreSQL backend.
@@ -744,6 +745,64 @@ impl LedgerStore for PgStore {
             tracing::warn!(error = %e, "store: purging expired nonces failed");
         }
         Ok(claimed?.is_some())
+    }
+
+    async fn claim_request(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<RequestClaim, StoreError> {
+        let client = self.client().await?;
+        let (fp, now, stale) = (&fingerprint[..], now.micros(), stale_before.micros());
+        // One statement: concurrent claims serialise on the row, and exactly one gets it.
+        let claimed = client
+            .query_opt(
+                "INSERT INTO request_idempotency (scope, key, fingerprint, claimed_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, claimed_at = EXCLUDED.claimed_at
+                 WHERE request_idempotency.status IS NULL AND request_idempotency.claimed_at < $5
+                 RETURNING 1",
+                &[&scope, &key, &fp, &now, &stale],
+            )
+            .await?;
+        if claimed.is_some() {
+            return Ok(RequestClaim::Claimed);
+        }
+        let row = client
+            .query_one(
+                "SELECT fingerprint, status, body FROM request_idempotency WHERE scope = $1 AND key = $2",
+                &[&scope, &key],
+            )
+            .await?;
+        let status: Option<i32> = row.get(1);
+        crate::codec::request_claim(row.get(0), status.map(i64::from), row.get(2))
+    }
+
+    async fn finish_request(&self, scope: &str, key: &str, response: Option<(u16, String)>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        match response {
+            Some((status, body)) => {
+                let status = i32::from(status);
+                client
+                    .execute(
+                        "UPDATE request_idempotency SET status = $3, body = $4
+                         WHERE scope = $1 AND key = $2 AND status IS NULL",
+                        &[&scope, &key, &status, &body],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .execute(
+                        "DELETE FROM request_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL",
+                        &[&scope, &key],
+                    )
+                    .await?
+            }
+        };
+        Ok(())
     }
 
     fn nonces_are_shared(&self) -> bool {

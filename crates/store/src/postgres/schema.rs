@@ -171,6 +171,18 @@ const MIGRATIONS: &[&str] = &[
         mtls_hostname TEXT UNIQUE
     );
     "#,
+    // 4: idempotency keys of the writes outside the ledger (tenants, keys, settings).
+    r#"
+    CREATE TABLE request_idempotency (
+        scope       TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BYTEA NOT NULL,
+        status      INTEGER,
+        body        TEXT,
+        claimed_at  BIGINT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    "#,
 ];
 
 /// Applies every migration the database has not seen, all under one advisory lock.

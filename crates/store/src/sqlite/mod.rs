@@ -26,7 +26,8 @@ use self::writer::{AccountCache, AdminOp, WriteOp, Writer};
 use crate::codec::{scopes_json, strings_from_json, strings_json};
 use crate::{
     AccountView, ApiKeyRecord, AuthorityKeyRecord, ClientCaRecord, ClientIdentityRecord, Clock, EventFilter, Execution,
-    IdentityProviderRecord, LedgerStore, Page, PolicyChange, SigningKeyRecord, StoreError, Tenant, TenantSettings,
+    IdentityProviderRecord, LedgerStore, Page, PolicyChange, RequestClaim, SigningKeyRecord, StoreError, Tenant,
+    TenantSettings,
 };
 
 /// Most expired nonces one `claim_nonce` deletes (in its own transaction, beside the claim).
@@ -650,6 +651,53 @@ impl LedgerStore for SqliteStore {
             )?
             .execute(params![now.micros(), NONCE_PURGE_MAX])?;
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn claim_request(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<RequestClaim, StoreError> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.admin(move |conn, _, _| {
+            let claimed = conn
+                .prepare_cached(
+                    "INSERT INTO request_idempotency (scope, key, fingerprint, claimed_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, claimed_at = excluded.claimed_at
+                     WHERE request_idempotency.status IS NULL AND request_idempotency.claimed_at < ?5",
+                )?
+                .execute(params![scope, key, &fingerprint[..], now.micros(), stale_before.micros()])?
+                > 0;
+            if claimed {
+                return Ok(RequestClaim::Claimed);
+            }
+            let (stored, status, body): (Vec<u8>, Option<i64>, Option<String>) = conn
+                .prepare_cached("SELECT fingerprint, status, body FROM request_idempotency WHERE scope = ?1 AND key = ?2")?
+                .query_row(params![scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            crate::codec::request_claim(stored, status, body)
+        })
+        .await
+    }
+
+    async fn finish_request(&self, scope: &str, key: &str, response: Option<(u16, String)>) -> Result<(), StoreError> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.admin(move |conn, _, _| {
+            match response {
+                Some((status, body)) => conn
+                    .prepare_cached(
+                        "UPDATE request_idempotency SET status = ?3, body = ?4 WHERE scope = ?1 AND key = ?2 AND status IS NULL",
+                    )?
+                    .execute(params![scope, key, status, body])?,
+                None => conn
+                    .prepare_cached("DELETE FROM request_idempotency WHERE scope = ?1 AND key = ?2 AND status IS NULL")?
+                    .execute(params![scope, key])?,
+            };
+            Ok(())
         })
         .await
     }

@@ -168,6 +168,18 @@ const MIGRATIONS: &[&str] = &[
         mtls_hostname TEXT UNIQUE
     );
     "#,
+    // 4: idempotency keys of the writes outside the ledger (tenants, keys, settings).
+    r#"
+    CREATE TABLE request_idempotency (
+        scope       TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        status      INTEGER,
+        body        TEXT,
+        claimed_at  INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Applies every migration the database has not seen, each in its own transaction.
