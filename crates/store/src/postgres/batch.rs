@@ -38,16 +38,44 @@ pub(crate) fn lock_id(key: &AccountKey) -> i64 {
     i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
-/// Takes the advisory locks of `keys` in ascending id order inside the open transaction.
+/// The advisory lock id of a tenant's listing barrier. Every transaction that writes a
+/// tenant's events holds it shared until it ends; a listing of the tenant's events takes it
+/// exclusively while it reads. Events get their `seq` when inserted but become visible when
+/// their transaction commits, so with several writers a later `seq` can be visible before an
+/// earlier one; a listing that paged past it would skip the earlier event forever. Under the
+/// barrier no writer of the tenant is mid-transaction, so every page is final.
+pub fn listing_barrier_id(tenant: &TenantId) -> i64 {
+    let mut h = Sha256::new();
+    h.update(b"licenseseal listing barrier\0");
+    h.update(tenant.as_str().as_bytes());
+    i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+/// Takes, inside the open transaction and in one round trip, the listing barriers of the
+/// tenants of `keys` (shared) and then the advisory locks of the accounts (exclusive), each in
+/// ascending id order: every transaction takes its locks in the same global order, so none
+/// can deadlock with another, and a listing holds only its one barrier.
 pub(crate) async fn lock_accounts<'a>(
     tx: &Tx<'_>,
     keys: impl IntoIterator<Item = &'a AccountKey>,
 ) -> Result<(), StoreError> {
-    let mut ids: Vec<i64> = keys.into_iter().map(lock_id).collect();
+    let keys: Vec<&AccountKey> = keys.into_iter().collect();
+    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
     ids.sort_unstable();
     ids.dedup();
+    let mut barriers: Vec<i64> = keys.iter().map(|k| listing_barrier_id(&k.tenant_id)).collect();
+    barriers.sort_unstable();
+    barriers.dedup();
     if !ids.is_empty() {
-        execute(tx, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", &[&ids]).await?;
+        // An Append runs its branches in order: every barrier before any account lock.
+        execute(
+            tx,
+            "SELECT pg_advisory_xact_lock_shared(b) FROM unnest($1::bigint[]) AS b
+             UNION ALL
+             SELECT pg_advisory_xact_lock(k) FROM unnest($2::bigint[]) AS k",
+            &[&barriers, &ids],
+        )
+        .await?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `batch.rs`); everything else is a plain query on a bounded connection pool.
 
 mod batch;
+pub use batch::listing_barrier_id;
 mod schema;
 pub mod scratch;
 
@@ -452,8 +453,12 @@ impl LedgerStore for PgStore {
         filter: &EventFilter,
         page: Page,
     ) -> Result<Vec<(i64, Event)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
+        let mut client = self.client().await?;
+        // Under the tenant's listing barrier no transaction writing its events is open, so no
+        // event with a lower seq than those read can still appear (see `listing_barrier_id`).
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&batch::listing_barrier_id(tenant)]).await?;
+        let rows = tx
             .query(
                 "SELECT seq, tenant_id, body FROM events
                  WHERE tenant_id = $1 AND seq > $2
@@ -475,6 +480,7 @@ impl LedgerStore for PgStore {
                 ],
             )
             .await?;
+        tx.commit().await?;
         rows.iter().map(|r| Ok((r.get(0), event_from_row(r.get(1), r.get(2))?))).collect()
     }
 
