@@ -70,6 +70,8 @@ pub struct SqliteStore {
     /// Held until shutdown: one process per data directory, since the writer's cache assumes
     /// it is the only writer.
     lock: Mutex<Option<std::fs::File>>,
+    /// Set when the WAL could not be synced: every later write fails and readiness too.
+    sync_failure: writer::SyncFailure,
 }
 
 impl SqliteStore {
@@ -95,7 +97,15 @@ impl SqliteStore {
         // in place, which also keeps each commit's fsync cheap.
         conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages as i64)?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
-        let writer = Writer::new(conn, &path, clock.clone(), config.batch_size_max, config.account_cache_max)?;
+        let sync_failure = writer::SyncFailure::default();
+        let writer = Writer::new(
+            conn,
+            &path,
+            clock.clone(),
+            config.batch_size_max,
+            config.account_cache_max,
+            sync_failure.clone(),
+        )?;
         let thread = std::thread::Builder::new()
             .name("licenseseal-writer".into())
             .spawn(move || writer.run(rx))
@@ -108,6 +118,7 @@ impl SqliteStore {
             reader_permits: Semaphore::new(config.readers_max),
             clock,
             lock: Mutex::new(Some(lock)),
+            sync_failure,
         })
     }
 
@@ -859,6 +870,9 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.sync_failure.get() {
+            return Err(StoreError::Unavailable(reason.clone()));
+        }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop)?)).await
     }
 

@@ -60,6 +60,7 @@ pub(crate) struct Writer {
     last_now: Timestamp,
     batch_max: usize,
     syncer: Syncer,
+    failure: SyncFailure,
 }
 
 type Reply = oneshot::Sender<Result<Execution, StoreError>>;
@@ -92,6 +93,10 @@ impl Pending {
     }
 }
 
+/// Set once, by the syncer, when an fdatasync of the WAL failed: from then on nothing more is
+/// written or acknowledged, and readiness fails, until the process restarts.
+pub(crate) type SyncFailure = Arc<std::sync::OnceLock<String>>;
+
 /// The thread that makes committed batches durable and then answers them, in commit order.
 struct Syncer {
     tx: Option<std::sync::mpsc::Sender<Pending>>,
@@ -100,7 +105,7 @@ struct Syncer {
 
 impl Syncer {
     /// Starts the syncer for the database at `db_path`, whose WAL is `<db_path>-wal`.
-    fn start(db_path: &Path) -> Result<Self, StoreError> {
+    fn start(db_path: &Path, failure: SyncFailure) -> Result<Self, StoreError> {
         let wal_path = wal_path(db_path);
         let wal = std::fs::File::open(&wal_path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the WAL {}: {e}", wal_path.display())))?;
@@ -117,16 +122,15 @@ impl Syncer {
             .spawn(move || {
                 // After one failed fdatasync nothing later may be acknowledged: the kernel may
                 // have dropped the pages it could not write.
-                let mut failed: Option<String> = None;
                 while let Ok(first) = rx.recv() {
                     let mut pending = vec![first];
                     pending.extend(rx.try_iter());
-                    let durable = match &failed {
+                    let durable = match failure.get() {
                         Some(reason) => Err(reason.clone()),
                         None => wal.sync_data().map_err(|e| {
                             tracing::error!(error = %e, "store: fdatasync of the WAL failed; refusing every later write");
                             let reason = format!("the write-ahead log could not be synced: {e}");
-                            failed = Some(reason.clone());
+                            let _ = failure.set(reason.clone());
                             reason
                         }),
                     };
@@ -177,6 +181,7 @@ impl Writer {
         clock: Arc<dyn Clock>,
         batch_max: usize,
         cache_max: usize,
+        failure: SyncFailure,
     ) -> Result<Self, StoreError> {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(Writer {
@@ -185,7 +190,8 @@ impl Writer {
             clock,
             last_now: Timestamp::from_micros(0),
             batch_max,
-            syncer: Syncer::start(db_path)?,
+            syncer: Syncer::start(db_path, failure.clone())?,
+            failure,
         })
     }
 
@@ -229,6 +235,12 @@ impl Writer {
     /// is rolled back alone and the others still commit.
     fn commit_ledger(&mut self, ops: &mut Vec<(Command, Reply)>) {
         if ops.is_empty() {
+            return;
+        }
+        if let Some(reason) = self.failure.get() {
+            for (_, reply) in ops.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(reason.clone())));
+            }
             return;
         }
         let started = std::time::Instant::now();
@@ -297,9 +309,19 @@ impl Writer {
 
     fn commit_admin(&mut self, op: AdminOp) {
         let now = self.now();
-        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
+        let refused = match self.failure.get() {
+            Some(reason) => Some(reason.clone()),
+            None => exec(&self.conn, "BEGIN IMMEDIATE").err().map(|e| e.to_string()),
+        };
+        if let Some(reason) = refused {
+            // The operation must run to hand back its completion, but may write nothing: with
+            // no transaction open it would commit on its own, so the connection is made
+            // read-only around it.
+            let _ = exec(&self.conn, "PRAGMA query_only = ON");
             let (_, done) = op(&self.conn, &mut self.cache, now);
-            return done(Err(StoreError::Unavailable(e.to_string())));
+            let _ = exec(&self.conn, "PRAGMA query_only = OFF");
+            self.cache.map.clear();
+            return done(Err(StoreError::Unavailable(reason)));
         }
         let (ok, done) = op(&self.conn, &mut self.cache, now);
         let fate =
@@ -529,7 +551,7 @@ mod tests {
         let mut conn = Connection::open(&path).unwrap();
         super::super::schema::configure(&conn).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        Writer::new(conn, &path, Arc::new(SystemClock), 100, 100).unwrap()
+        Writer::new(conn, &path, Arc::new(SystemClock), 100, 100, SyncFailure::default()).unwrap()
     }
 
     fn grant(tenant: &TenantId, key: &str) -> (Command, Reply, oneshot::Receiver<Result<Execution, StoreError>>) {
@@ -582,5 +604,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!((events, balance), (2, 20), "both good grants committed, nothing of the failed one");
+    }
+
+    #[test]
+    fn after_a_failed_sync_nothing_more_is_written_or_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let tenant = TenantId::from_uuid(uuid::Uuid::now_v7());
+        let _ = w.failure.set("the write-ahead log could not be synced: EIO".into());
+        let (command, tx, rx) = grant(&tenant, "after");
+        w.commit_ledger(&mut vec![(command, tx)]);
+        assert!(matches!(rx.blocking_recv().unwrap(), Err(StoreError::Unavailable(_))));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        w.commit_admin(Box::new(move |conn, _, _| {
+            let wrote = conn.execute("INSERT INTO meta (key, value) VALUES ('x', x'00')", []).is_ok();
+            (true, Box::new(move |fate| done_tx.send((wrote, fate.is_ok())).unwrap()))
+        }));
+        assert_eq!(done_rx.recv().unwrap(), (false, false), "the admin write was refused and failed");
+        let rows: i64 = w
+            .conn
+            .query_row("SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM meta WHERE key = 'x')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 }
