@@ -1045,6 +1045,14 @@ mod rfc9421_vectors {
         STANDARD.decode(SHARED_SECRET).unwrap()
     }
 
+    /// `Signature-Input` and `Signature` (label `sig`) for `components` and `params`.
+    fn signed(req: &RequestParts, components: &[Component], params: &SigParams, key: &SigningKey) -> (String, String) {
+        let base = signature_base(req, components, params).unwrap();
+        let inner = InnerList::with_params(components.iter().map(Component::to_item).collect(), params.to_parameters());
+        let input = format!("sig={}", serialize_inner_list(&inner).unwrap());
+        (input, format!("sig=:{}:", STANDARD.encode(key.sign(&base).unwrap())))
+    }
+
     fn ed25519_key() -> SigningKey {
         let seed: [u8; 32] = URL_SAFE_NO_PAD.decode(ED25519_SEED).unwrap().try_into().unwrap();
         SigningKey::ed25519_from_seed(&seed).unwrap()
@@ -1178,14 +1186,7 @@ mod rfc9421_vectors {
 
         // A request the gateway accepts: B.2.3's coverage, signed with the Ed25519 test key.
         let components = only(B23_INPUT, B23_SIG).components;
-        let sign = |params: SigParams, key: &SigningKey| {
-            let base = signature_base(&req, &components, &params).unwrap();
-            let inner =
-                InnerList::with_params(components.iter().map(Component::to_item).collect(), params.to_parameters());
-            let input = format!("sig={}", serialize_inner_list(&inner).unwrap());
-            let signature = format!("sig=:{}:", STANDARD.encode(key.sign(&base).unwrap()));
-            (input, signature)
-        };
+        let sign = |params: SigParams, key: &SigningKey| signed(&req, &components, &params, key);
         let params = |created: i64| SigParams {
             created: Some(created),
             keyid: Some("test-key-ed25519".into()),
@@ -1238,11 +1239,7 @@ mod rfc9421_vectors {
         );
         // A body that no covered Content-Digest binds.
         let uncovered: Vec<Component> = components.iter().filter(|c| c.name() != "content-digest").cloned().collect();
-        let base = signature_base(&req, &uncovered, &params(now)).unwrap();
-        let inner =
-            InnerList::with_params(uncovered.iter().map(Component::to_item).collect(), params(now).to_parameters());
-        let input = format!("sig={}", serialize_inner_list(&inner).unwrap());
-        let signature = format!("sig=:{}:", STANDARD.encode(ed.sign(&base).unwrap()));
+        let (input, signature) = signed(&req, &uncovered, &params(now), &ed);
         let inspected = inspect(&req, &input, &signature).unwrap();
         assert_eq!(inspected.verify(&req, BODY, &verify_key, SigAlg::Ed25519, &policy), Err(SigError::DigestMissing));
     }
@@ -1264,16 +1261,11 @@ mod rfc9421_vectors {
             ..SigParams::default()
         };
         let key = SigningKey::Hmac(hmac_key());
-        let base = signature_base(&req, &components, &params).unwrap();
-        let inner = InnerList::with_params(components.iter().map(Component::to_item).collect(), params.to_parameters());
-        let input = format!("sig={}", serialize_inner_list(&inner).unwrap());
-        let signature = format!("sig=:{}:", STANDARD.encode(key.sign(&base).unwrap()));
+        let (input, signature) = signed(&req, &components, &params, &key);
         let inspected = inspect(&req, &input, &signature).unwrap();
         inspected.verify(&req, BODY, &key.verify_key(), SigAlg::HmacSha256, &Policy::at(100)).unwrap();
         // Without @query the target is not bound (the request has a query).
-        let partial = &components[..3];
-        let inner = InnerList::with_params(partial.iter().map(Component::to_item).collect(), params.to_parameters());
-        let input = format!("sig={}", serialize_inner_list(&inner).unwrap());
+        let (input, signature) = signed(&req, &components[..3], &params, &key);
         assert!(matches!(inspect(&req, &input, &signature), Err(SigError::MissingComponent(_))));
     }
 }
