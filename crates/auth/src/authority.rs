@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use licenseseal_ledger::{KeyId, ProviderId, Scopes, SubjectId, TenantId, Timestamp};
+use licenseseal_ledger::{Intent, KeyId, ProviderId, Scopes, SubjectId, TenantId, Timestamp};
 use licenseseal_store::{AuthorityKeyRecord, LedgerStore};
 use parking_lot::RwLock;
 use serde_json::{json, Value};
@@ -203,10 +203,13 @@ impl Authority {
         now: Timestamp,
     ) -> Result<IssuedToken, IssueError> {
         let tenant = principal.tenant_id.as_ref().ok_or(IssueError::Operator)?;
+        // A tenant credential never holds tenants.manage (a `*` key's bit for it grants
+        // nothing), so its tokens never name it.
+        let held = principal.scopes.without(Intent::TenantsManage);
         let scopes = match request.scopes {
-            Some(asked) if !asked.is_subset_of(principal.scopes) => return Err(IssueError::Widening),
+            Some(asked) if !asked.is_subset_of(held) => return Err(IssueError::Widening),
             Some(asked) => asked,
-            None => principal.scopes,
+            None => held,
         };
         if scopes.is_empty() {
             return Err(IssueError::NoScopes);

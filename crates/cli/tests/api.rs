@@ -532,6 +532,31 @@ conformance! {
         assert_eq!(replies.iter().filter(|r| r.body.get("key").is_some()).count(), 1, "the secret shown once");
     }
 
+    async fn bodies_must_be_json_objects(gw) {
+        // serde would fill a struct from an array, field by field; a body is an object or refused.
+        let t = gw.tenant().await;
+        gw.grant(&t.key, "g1", "alice", 100).await;
+        for (path, body) in [
+            ("/v1/debits", r#"[null,"alice",1,null,null]"#),
+            ("/v1/grants", r#"[null,"alice",5,null,null,null,null]"#),
+            ("/v1/debits", r#" ["alice"]"#),
+            ("/v1/debits", "1"),
+            ("/v1/debits", r#""text""#),
+        ] {
+            let r = gw.http.post(format!("{}{path}", gw.base)).bearer_auth(&t.key)
+                .header("content-type", "application/json").header("idempotency-key", "arr").body(body)
+                .send().await.unwrap();
+            let r = common::Gateway::reply(r).await;
+            assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_body")), "{path} {body}: {}", r.body);
+            assert!(!r.body.to_string().contains("struct"), "no internal type names: {}", r.body);
+        }
+        let op = gw.http.post(format!("{}/v1/tenants", gw.base)).bearer_auth(&gw.operator_key)
+            .header("content-type", "application/json").body(r#"["Seq"]"#).send().await.unwrap();
+        assert_eq!(op.status().as_u16(), 400);
+        assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 100);
+        assert_eq!(gw.get("/v1/events", &t.key).await.body["data"].as_array().unwrap().len(), 1);
+    }
+
     async fn balances_stay_within_what_json_clients_read_exactly(gw) {
         let t = gw.tenant().await;
         assert_eq!(gw.grant(&t.key, "g1", "rich", 9_007_199_254_740_991).await.status, 201);

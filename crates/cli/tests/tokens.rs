@@ -135,6 +135,13 @@ conformance! {
         assert_eq!((unknown.status, unknown.body["code"].as_str()), (400, Some("invalid_scope")));
         let star = ask("*").await;
         assert_eq!(star.status, 400, "* is wider than usage.debit");
+        // A tenant's `*` key holds no tenants.manage, so neither do its tokens.
+        let everything = form(&gw, &[("grant_type", "client_credentials")], None, Some(&t.key)).await;
+        assert_eq!(everything.status, 200, "{}", everything.body);
+        let named = everything.str("scope");
+        assert!(named.contains("usage.debit") && !named.contains("tenants.manage"), "{named}");
+        let operator_only = form(&gw, &[("grant_type", "client_credentials"), ("scope", "tenants.manage")], None, Some(&t.key)).await;
+        assert_eq!((operator_only.status, operator_only.body["code"].as_str()), (400, Some("invalid_scope")));
 
         let grant = form(&gw, &[("grant_type", "password"), ("client_id", &id), ("client_secret", &secret)], None, None).await;
         assert_eq!((grant.status, grant.body["code"].as_str()), (400, Some("unsupported_grant_type")));

@@ -71,17 +71,28 @@ impl SignedAmount {
 /// Deserialises only from JSON integers: floats (even `1.0`), strings and booleans are
 /// refused with a message that names the rule.
 struct IntegerVisitor {
-    signed: bool,
+    range: Range,
+}
+
+/// What a JSON integer must be, for the message that names the rule.
+#[derive(Clone, Copy)]
+enum Range {
+    /// `1 ..= AMOUNT_MAX` (amounts).
+    Positive,
+    /// `-AMOUNT_MAX ..= AMOUNT_MAX` without 0 (adjustments).
+    SignedNonZero,
+    /// `0 ..= AMOUNT_MAX` (limits).
+    NonNegative,
 }
 
 impl<'de> serde::de::Visitor<'de> for IntegerVisitor {
     type Value = i128;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.signed {
-            write!(f, "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}")
-        } else {
-            write!(f, "an integer amount between 1 and {AMOUNT_MAX}")
+        match self.range {
+            Range::SignedNonZero => write!(f, "a non-zero integer amount between -{AMOUNT_MAX} and {AMOUNT_MAX}"),
+            Range::Positive => write!(f, "an integer amount between 1 and {AMOUNT_MAX}"),
+            Range::NonNegative => write!(f, "an integer between 0 and {AMOUNT_MAX}"),
         }
     }
 
@@ -102,22 +113,25 @@ impl<'de> serde::de::Visitor<'de> for IntegerVisitor {
     }
 }
 
-fn out_of_range<E: serde::de::Error>(v: i128, signed: bool) -> E {
-    let expected = IntegerVisitor { signed };
+fn out_of_range<E: serde::de::Error>(v: i128, range: Range) -> E {
+    let expected = IntegerVisitor { range };
     E::invalid_value(serde::de::Unexpected::Other(&format!("integer {v}")), &expected)
 }
 
 impl<'de> serde::Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(IntegerVisitor { signed: false })?;
-        u64::try_from(v).ok().and_then(|v| Amount::new(v).ok()).ok_or_else(|| out_of_range(v, false))
+        let v = d.deserialize_any(IntegerVisitor { range: Range::Positive })?;
+        u64::try_from(v).ok().and_then(|v| Amount::new(v).ok()).ok_or_else(|| out_of_range(v, Range::Positive))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for SignedAmount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(IntegerVisitor { signed: true })?;
-        i64::try_from(v).ok().and_then(|v| SignedAmount::new(v).ok()).ok_or_else(|| out_of_range(v, true))
+        let v = d.deserialize_any(IntegerVisitor { range: Range::SignedNonZero })?;
+        i64::try_from(v)
+            .ok()
+            .and_then(|v| SignedAmount::new(v).ok())
+            .ok_or_else(|| out_of_range(v, Range::SignedNonZero))
     }
 }
 
@@ -127,6 +141,15 @@ mod tests {
 
     fn parse(json: &str) -> Result<Amount, String> {
         serde_json::from_str::<Amount>(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_take_zero_and_name_their_own_range() {
+        assert_eq!(serde_json::from_str::<Limit>("0").unwrap().get(), 0);
+        for bad in ["1.5", "-1", "\"5\"", "9007199254740992"] {
+            let e = serde_json::from_str::<Limit>(bad).unwrap_err().to_string();
+            assert!(e.contains("an integer between 0 and 9007199254740991"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -170,11 +193,7 @@ impl Limit {
 
 impl<'de> serde::Deserialize<'de> for Limit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(IntegerVisitor { signed: false })?;
-        u64::try_from(v)
-            .ok()
-            .filter(|v| *v <= AMOUNT_MAX)
-            .map(Limit)
-            .ok_or_else(|| serde::de::Error::custom(format!("limit must be an integer between 0 and {AMOUNT_MAX}")))
+        let v = d.deserialize_any(IntegerVisitor { range: Range::NonNegative })?;
+        u64::try_from(v).ok().filter(|v| *v <= AMOUNT_MAX).map(Limit).ok_or_else(|| out_of_range(v, Range::NonNegative))
     }
 }

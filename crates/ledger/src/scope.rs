@@ -79,6 +79,11 @@ impl Scopes {
         self.0 == 0
     }
 
+    /// These scopes without `intent`.
+    pub fn without(self, intent: Intent) -> Self {
+        Scopes(self.0 & !intent.bit())
+    }
+
     /// Parses scope strings; unknown names are an error naming the first offender.
     pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut bits = 0;
