@@ -146,6 +146,11 @@ impl Authenticator {
                 Some(tenant) => self.providers.is_registered(tenant, id).await,
                 None => Ok(false),
             },
+            Some(Root::SigningKey(id)) => self.signatures.is_active(id, now).await,
+            Some(Root::ClientIdentity(id)) => match &verified.principal.tenant_id {
+                Some(tenant) => self.mtls.is_registered(tenant, id.as_str()).await,
+                None => Ok(false),
+            },
             None => Ok(true),
         }
     }

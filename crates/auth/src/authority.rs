@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use licenseseal_ledger::{Intent, KeyId, ProviderId, Scopes, SubjectId, TenantId, Timestamp};
+use licenseseal_ledger::{
+    ClientIdentityId, Intent, KeyId, ProviderId, Scopes, SigningKeyId, SubjectId, TenantId, Timestamp,
+};
 use licenseseal_store::{AuthorityKeyRecord, LedgerStore};
 use parking_lot::RwLock;
 use serde_json::{json, Value};
@@ -61,17 +63,25 @@ impl Default for AuthorityConfig {
 pub enum Root {
     ApiKey(KeyId),
     Provider(ProviderId),
+    SigningKey(SigningKeyId),
+    ClientIdentity(ClientIdentityId),
 }
 
 impl Root {
     fn of(principal: &Principal) -> Option<Root> {
         let id = principal.credential_id.as_str();
         match principal.method {
-            AuthMethod::ApiKey | AuthMethod::AuthorityToken if id.starts_with("key_") => {
+            AuthMethod::ApiKey | AuthMethod::AuthorityToken if id.starts_with(KeyId::PREFIX) => {
                 KeyId::parse(id).ok().map(Root::ApiKey)
             }
-            AuthMethod::IdpToken | AuthMethod::AuthorityToken if id.starts_with("idp_") => {
+            AuthMethod::IdpToken | AuthMethod::AuthorityToken if id.starts_with(ProviderId::PREFIX) => {
                 ProviderId::parse(id).ok().map(Root::Provider)
+            }
+            AuthMethod::HttpSignature | AuthMethod::AuthorityToken if id.starts_with(SigningKeyId::PREFIX) => {
+                SigningKeyId::parse(id).ok().map(Root::SigningKey)
+            }
+            AuthMethod::Mtls | AuthMethod::AuthorityToken if id.starts_with(ClientIdentityId::PREFIX) => {
+                ClientIdentityId::parse(id).ok().map(Root::ClientIdentity)
             }
             _ => None,
         }

@@ -206,6 +206,12 @@ impl Mtls {
         Ok(trust)
     }
 
+    /// Whether a client-identity rule is still registered for `tenant` (the root of the
+    /// tokens exchanged with a certificate it matched).
+    pub async fn is_registered(&self, tenant: &TenantId, id: &str) -> Result<bool, AuthError> {
+        Ok(self.trust(tenant).await?.identities.iter().any(|rule| rule.id.as_str() == id))
+    }
+
     /// Forgets everything cached (after CAs, identities or hostnames change here).
     pub fn invalidate(&self) {
         self.by_host.lock().clear();

@@ -118,6 +118,12 @@ impl Signatures {
         Ok(key)
     }
 
+    /// Whether a signing credential still exists and is neither revoked nor expired (the root
+    /// of the tokens exchanged with it). Cached like every credential lookup.
+    pub async fn is_active(&self, id: &SigningKeyId, now: Timestamp) -> Result<bool, AuthError> {
+        Ok(self.credential(id).await?.is_some_and(|c| c.0.is_active(now)))
+    }
+
     /// Verifies a signed request and returns its principal. `body` is the whole body as
     /// received (re-hashed against `Content-Digest`).
     pub async fn verify(

@@ -359,3 +359,37 @@ async fn a_certificate_that_expires_stops_working_on_a_live_connection() {
     s.gw.advance(-3 * 86_400);
     assert_eq!(debit(&cert, &s, "e3", "alice").await.unwrap().status, 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_can_be_exchanged_for_a_token_that_ends_with_its_rule() {
+    let s = setup().await;
+    let cert = client(&s, ACME, Some(s.acme_ca.client_cert(&billing())));
+    let r = send(&cert, &s, ACME, "/v1/authority/token", &[], Some(json!({ "grant_type": "client_credentials" })))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["scope"], "usage.debit ledger.read");
+    let token = r.str("access_token");
+    // The token carries the rule's subject and scopes, on the plain listener too.
+    assert_eq!(s.gw.debit(&token, "t1", "alice", 1).await.status, 201);
+    assert_eq!(s.gw.debit(&token, "t2", "bob", 1).await.status, 403, "bound to alice");
+    // A certificate plus an API key in the form is two credentials.
+    let both = send(
+        &cert,
+        &s,
+        ACME,
+        "/v1/authority/token",
+        &[("authorization", &format!("Bearer {}", s.acme.key))],
+        Some(json!({ "grant_type": "client_credentials" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(both.status, 401);
+    // Removing the rule the certificate matched ends the tokens it was exchanged for.
+    let rules = s.gw.get("/v1/client-identities", &s.acme.key).await;
+    for rule in rules.body["data"].as_array().unwrap() {
+        let path = format!("/v1/client-identities/{}", rule["id"].as_str().unwrap());
+        assert_eq!(s.gw.call("DELETE", &path, Some(&s.acme.key), None, None).await.status, 204);
+    }
+    assert_eq!(s.gw.debit(&token, "t3", "alice", 1).await.status, 401);
+}

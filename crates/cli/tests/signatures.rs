@@ -245,4 +245,27 @@ conformance! {
         let foreign = gw.post(&format!("/v1/signing-keys/{}/revoke", c.id), &other.key, None, json!({})).await;
         assert_eq!(foreign.status, 404);
     }
+
+    async fn a_signing_credential_can_be_exchanged_for_a_token_that_ends_with_it(gw) {
+        let t = gw.tenant().await;
+        gw.grant(&t.key, "g1", "alice", 100).await;
+        let c = hmac_credential(&gw, &t.key, &["usage.debit"], Some("alice")).await;
+        let r = send(&gw, &c, Signed::new("POST", "/v1/authority/token", Some(json!({ "grant_type": "client_credentials" })), None)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["scope"], "usage.debit");
+        let token = r.str("access_token");
+        assert_eq!(gw.debit(&token, "t1", "alice", 1).await.status, 201);
+        assert_eq!(gw.debit(&token, "t2", "bob", 1).await.status, 403, "bound to the credential's subject");
+        // A signature beside client id and secret is two credentials.
+        let (id, secret) = {
+            let k = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "k", "scopes": ["usage.debit"] })).await;
+            (k.str("id"), k.str("key"))
+        };
+        let both = Signed::new("POST", "/v1/authority/token", Some(json!({ "grant_type": "client_credentials", "client_id": id, "client_secret": secret })), None);
+        assert_401(&send(&gw, &c, both).await);
+        // Revoking the signing credential ends its tokens.
+        let revoked = gw.post(&format!("/v1/signing-keys/{}/revoke", c.id), &t.key, None, json!({})).await;
+        assert_eq!(revoked.status, 200, "{}", revoked.body);
+        assert_401(&gw.debit(&token, "t3", "alice", 1).await);
+    }
 }

@@ -98,7 +98,8 @@ pub async fn token(State(state): State<AppState>, request: Request) -> Result<Re
 }
 
 /// The credential of a token request: `client_id` + `client_secret` (HTTP Basic or in the
-/// body), or a Bearer credential. Exactly one.
+/// body: an API key's id and secret), or any credential the API takes — a Bearer API key or
+/// identity-provider token, a signed request, a client certificate. Exactly one.
 async fn client(
     state: &AppState,
     parts: &axum::http::request::Parts,
@@ -112,7 +113,7 @@ async fn client(
     };
     let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
     let authorization = authorizations.next();
-    if authorizations.next().is_some() || extract::has_signature(headers) {
+    if authorizations.next().is_some() {
         return Err(fail(FailureReason::Ambiguous));
     }
     let basic = match authorization.map(|v| v.to_str().map_err(|_| fail(FailureReason::Malformed))) {
@@ -138,7 +139,10 @@ async fn client(
         _ => return Err(fail(FailureReason::Malformed)),
     };
     let now = state.clock.now();
+    let other_credential = extract::has_signature(headers)
+        || parts.extensions.get::<crate::tls::TlsPeer>().is_some_and(|peer| peer.client_cert.is_some());
     let principal = match (authorization, basic, in_body) {
+        (_, Some(_), _) | (_, _, Some(_)) if other_credential => return Err(fail(FailureReason::Ambiguous)),
         (Some(_), Some(pair), None) | (None, None, Some(pair)) => {
             let (id, secret) = pair;
             let principal = state.auth.keys.authenticate(&secret, now).await.map_err(|e| auth_error(parts, e))?;
@@ -152,8 +156,9 @@ async fn client(
                 Err(e) => return Err(auth_error(parts, e)),
             }
         }
-        (Some(_), None, None) => extract::authenticate(parts, state).await?,
-        (None, None, None) => return Err(fail(FailureReason::Missing)),
+        // A Bearer credential, a signature or a client certificate (and their ambiguities)
+        // are judged exactly as on every other route.
+        (_, None, None) => extract::authenticate(parts, state).await?,
         _ => return Err(fail(FailureReason::Ambiguous)),
     };
     if principal.method == AuthMethod::AuthorityToken {
