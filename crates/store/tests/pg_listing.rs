@@ -100,3 +100,60 @@ async fn a_listing_never_pages_past_an_event_still_being_written() {
     store.shutdown().await;
     scratch::drop(&base, &schema).await.unwrap();
 }
+
+fn key_record(tenant: &TenantId, n: u8) -> licenseseal_store::ApiKeyRecord {
+    licenseseal_store::ApiKeyRecord {
+        id: licenseseal_ledger::KeyId::from_uuid(uuid::Uuid::now_v7()),
+        tenant_id: Some(tenant.clone()),
+        name: format!("k{n}"),
+        prefix: format!("lsk_{n:08}"),
+        hash: [n; 32],
+        scopes: licenseseal_ledger::Scopes::all(),
+        subject: None,
+        expires_at: None,
+        revoked_at: None,
+        created_at: SystemClock.now(),
+        last_used_at: None,
+        rotated_from: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_listing_never_pages_past_a_key_still_being_written() {
+    let Ok(base) = std::env::var("LICENSESEAL_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: LICENSESEAL_TEST_DATABASE_URL is not set; the PostgreSQL key listing test did not run");
+        return;
+    };
+    let (schema, url) = scratch::create(&base, "ls_listing").await.unwrap();
+    let store = Arc::new(PgStore::connect(&url, Arc::new(SystemClock), PgConfig::default()).await.unwrap());
+    let tenant = TenantId::from_uuid(uuid::Uuid::now_v7());
+    store.insert_api_key(key_record(&tenant, 1)).await.unwrap();
+    // Another instance is mid-insert of a key (lower seq), holding the key barrier as
+    // `insert_api_key` does.
+    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    raw.batch_execute("BEGIN").await.unwrap();
+    let barrier = licenseseal_store::postgres::key_listing_barrier_id(Some(&tenant));
+    raw.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&barrier]).await.unwrap();
+    raw.execute(
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
+         SELECT 'key_' || md5(random()::text), tenant_id, 'raw', prefix, sha256(hash), scopes, subject, expires_at,
+                revoked_at, created_at, rotated_from
+         FROM api_keys WHERE name = 'k1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    store.insert_api_key(key_record(&tenant, 2)).await.unwrap();
+    let lister = store.clone();
+    let listed = tenant.clone();
+    let listing = tokio::spawn(async move { lister.api_keys(Some(&listed), Page { after: None, limit: 10 }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!listing.is_finished(), "the key listing must wait for the open writer");
+    raw.batch_execute("COMMIT").await.unwrap();
+    let rows = tokio::time::timeout(Duration::from_secs(5), listing).await.unwrap().unwrap().unwrap();
+    let names: Vec<&str> = rows.iter().map(|(_, k)| k.name.as_str()).collect();
+    assert_eq!(names, ["k1", "raw", "k2"], "nothing skipped, in seq order");
+    store.shutdown().await;
+    scratch::drop(&base, &schema).await.unwrap();
+}

@@ -51,6 +51,15 @@ pub fn listing_barrier_id(tenant: &TenantId) -> i64 {
     i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
+/// The same barrier for a tenant's API keys (`None`: the operator's), which are listed by
+/// `seq` too.
+pub fn key_listing_barrier_id(tenant: Option<&TenantId>) -> i64 {
+    let mut h = Sha256::new();
+    h.update(b"licenseseal key listing barrier\0");
+    h.update(tenant.map_or("", TenantId::as_str).as_bytes());
+    i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
 /// Takes, inside the open transaction and in one round trip, the listing barriers of the
 /// tenants of `keys` (shared) and then the advisory locks of the accounts (exclusive), each in
 /// ascending id order: every transaction takes its locks in the same global order, so none

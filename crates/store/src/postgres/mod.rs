@@ -3,7 +3,7 @@
 //! `batch.rs`); everything else is a plain query on a bounded connection pool.
 
 mod batch;
-pub use batch::listing_barrier_id;
+pub use batch::{key_listing_barrier_id, listing_barrier_id};
 mod schema;
 pub mod scratch;
 
@@ -202,6 +202,9 @@ async fn with_retries(
 }
 
 async fn insert_key(tx: &tokio_postgres::Transaction<'_>, key: &ApiKeyRecord) -> Result<(), StoreError> {
+    // Held until commit, so that a key listing never pages past a key still being written.
+    let barrier = batch::key_listing_barrier_id(key.tenant_id.as_ref());
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&barrier]).await?;
     tx.execute(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, subject, expires_at, revoked_at, created_at, rotated_from)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -542,11 +545,13 @@ impl LedgerStore for PgStore {
         let sql = format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id IS NOT DISTINCT FROM $1 AND seq > $2 ORDER BY seq LIMIT $3"
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant.map(TenantId::as_str), &page.after.unwrap_or(0), &i64::from(page.limit)])
-            .await?;
+        let mut client = self.client().await?;
+        // Under the barrier no key of this tenant is mid-insert (see `listing_barrier_id`).
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&batch::key_listing_barrier_id(tenant)]).await?;
+        let rows =
+            tx.query(&sql, &[&tenant.map(TenantId::as_str), &page.after.unwrap_or(0), &i64::from(page.limit)]).await?;
+        tx.commit().await?;
         rows.iter().map(api_key_from).collect()
     }
 
