@@ -492,6 +492,26 @@ conformance! {
         let named: Vec<_> = keys.body["data"].as_array().unwrap().iter().filter(|k| k["name"] == "ci").collect();
         assert_eq!(named.len(), 1, "one key created");
         assert_eq!(gw.get("/v1/events", &secret).await.status, 200);
+        // A replay is only for a caller the route would let through: a read-only key using the
+        // same key is refused like any request it may not make, and learns nothing.
+        let read_only = gw.key(&t.key, json!({ "name": "ro", "scopes": ["ledger.read"] })).await;
+        let nosy = gw.call("POST", "/v1/api-keys", Some(&read_only), Some("k-1"), Some(body.clone())).await;
+        assert_eq!((nosy.status, nosy.header("idempotent-replayed")), (403, None), "{}", nosy.body);
+        assert!(nosy.body.get("id").is_none());
+        // Subject-bound callers: their bound subject is part of the request.
+        let as_alice = gw.key(&t.key, json!({ "name": "a", "scopes": ["keys.manage", "accounts.manage", "ledger.read"], "subject": "alice" })).await;
+        let as_bob = gw.key(&t.key, json!({ "name": "b", "scopes": ["keys.manage", "accounts.manage", "ledger.read"], "subject": "bob" })).await;
+        let mine = json!({ "name": "mine", "scopes": ["ledger.read"] });
+        let alices = gw.call("POST", "/v1/api-keys", Some(&as_alice), Some("sb-1"), Some(mine.clone())).await;
+        assert_eq!((alices.status, alices.body["subject"].as_str()), (201, Some("alice")), "{}", alices.body);
+        let bobs = gw.call("POST", "/v1/api-keys", Some(&as_bob), Some("sb-1"), Some(mine)).await;
+        assert_eq!(bobs.status, 422, "bob's request is not alice's: {}", bobs.body);
+        let policy = json!({ "overdraft_limit": 50 });
+        let alice_policy = gw.call("PATCH", "/v1/accounts/alice", Some(&as_alice), Some("sb-2"), Some(policy.clone())).await;
+        assert_eq!(alice_policy.status, 200, "{}", alice_policy.body);
+        let other = gw.call("PATCH", "/v1/accounts/alice", Some(&as_bob), Some("sb-2"), Some(policy)).await;
+        assert_eq!((other.status, other.header("idempotent-replayed")), (403, None), "{}", other.body);
+
         // Keys are scoped per tenant: another tenant's "k-1" is its own.
         let u = gw.tenant().await;
         let theirs = gw.call("POST", "/v1/api-keys", Some(&u.key), Some("k-1"), Some(body)).await;

@@ -205,7 +205,12 @@ conformance! {
         // A token issued before the change is an Authority token, which the tenant accepts.
         let r = gw.call("GET", "/v1/signing-keys", Some(&before), None, None).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let reset = gw.call("PATCH", "/v1/tenant", Some(&before), None, Some(json!({ "auth_methods": ["api_key", "authority_token"] }))).await;
+        // A tenant that takes API keys but no Authority tokens is issued none.
+        let keys_only = gw.call("PATCH", "/v1/tenant", Some(&before), None, Some(json!({ "auth_methods": ["api_key"] }))).await;
+        assert_eq!(keys_only.status, 200, "{}", keys_only.body);
+        let none = form(&gw, &post, None, None).await;
+        assert_eq!((none.status, none.body["code"].as_str()), (400, Some("unsupported_grant")), "{}", none.body);
+        let reset = gw.call("PATCH", "/v1/tenant", Some(&t.key), None, Some(json!({ "auth_methods": ["api_key", "authority_token"] }))).await;
         assert_eq!(reset.status, 200, "{}", reset.body);
         token_for(&gw, &id, &secret, None).await;
     }

@@ -6,6 +6,12 @@
 //! Ledger writes are not handled here: they require a key and store their outcome in the same
 //! transaction as their events.
 //!
+//! Only a caller the route itself would let through (its intent, and a bound subject's own
+//! account) takes part: any other goes straight to the handler, which refuses it, so a key
+//! never hands a stored response to someone who could not have made the request. A bound
+//! subject is part of the request's fingerprint. Ledger keys and these keys are kept apart:
+//! the same key on a ledger write and on a write here are two different keys.
+//!
 //! The key is claimed in the store before the handler runs and finished after it: a success
 //! records its response, any refusal releases the key (a refused request wrote nothing). A
 //! claim whose process died is taken over once it is older than twice the request timeout.
@@ -19,7 +25,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use licenseseal_ledger::{Fingerprint, IdempotencyKey, Timestamp};
+use licenseseal_auth::Principal;
+use licenseseal_ledger::{Fingerprint, IdempotencyKey, Intent, Timestamp};
 use licenseseal_store::RequestClaim;
 
 use crate::extract::{self, Refused};
@@ -64,8 +71,14 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         Err(Refused::Unauthenticated(_)) => return next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(Refused::Other(e)) => return e.into_response(),
     };
+    // A replay hands back a stored response, so it is only for a caller the route itself
+    // would let through: anyone else goes straight to the handler, which refuses them (and
+    // never learns whether the key is in use).
+    if !may_replay(&principal, &parts) {
+        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    }
     let scope = principal.tenant_id.as_ref().map_or_else(|| "operator".to_owned(), |t| t.to_string());
-    let fingerprint = fingerprint(&parts, &bytes);
+    let fingerprint = fingerprint(&parts, &bytes, &principal);
     let stale = micros(state.config.request_timeout * 2);
     let mut waited = Duration::ZERO;
     loop {
@@ -116,12 +129,58 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     Response::from_parts(response_parts, Body::from(body))
 }
 
-/// Method, path and query, and the body — canonical JSON when it parses, so two spellings of
-/// one request match.
-fn fingerprint(parts: &axum::http::request::Parts, body: &[u8]) -> [u8; 32] {
+/// The intent a write outside the ledger needs (as its handler's `Authed<…>` says), or `None`
+/// for a route this layer leaves alone.
+fn intent_of(method: &Method, path: &str) -> Option<Intent> {
+    let under = |prefix: &str| path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    match *method {
+        Method::POST if path == "/v1/tenants" || path == "/v1/authority/rotate" => Some(Intent::TenantsManage),
+        Method::PATCH if under("/v1/accounts") && path != "/v1/accounts" => Some(Intent::AccountsManage),
+        _ if path == "/v1/tenant"
+            || [
+                "/v1/api-keys",
+                "/v1/signing-keys",
+                "/v1/identity-providers",
+                "/v1/client-cas",
+                "/v1/client-identities",
+            ]
+            .into_iter()
+            .any(under) =>
+        {
+            Some(Intent::KeysManage)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `principal` passes the route's own checks that come before its body: the intent,
+/// and for a subject-bound principal on an account route, the subject.
+fn may_replay(principal: &Principal, parts: &axum::http::request::Parts) -> bool {
+    let path = parts.uri.path();
+    let Some(intent) = intent_of(&parts.method, path) else { return false };
+    if !principal.allows(intent) {
+        return false;
+    }
+    match (&principal.subject, path.strip_prefix("/v1/accounts/")) {
+        (Some(bound), Some(named)) => named == bound.as_str(),
+        _ => true,
+    }
+}
+
+/// Method, path and query, the caller's bound subject (a bound caller's request means its own
+/// subject), and the body — canonical JSON when it parses, so two spellings of one request
+/// match.
+fn fingerprint(parts: &axum::http::request::Parts, body: &[u8], principal: &Principal) -> [u8; 32] {
     let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
     let canonical = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| serde_json::to_vec(&v).ok());
-    Fingerprint::of(&[parts.method.as_str().as_bytes(), target.as_bytes(), canonical.as_deref().unwrap_or(body)]).0
+    let bound = principal.subject.as_ref().map_or("", |s| s.as_str());
+    Fingerprint::of(&[
+        parts.method.as_str().as_bytes(),
+        target.as_bytes(),
+        bound.as_bytes(),
+        canonical.as_deref().unwrap_or(body),
+    ])
+    .0
 }
 
 fn without_secrets(body: &[u8]) -> String {

@@ -68,6 +68,15 @@ pub async fn token(State(state): State<AppState>, request: Request) -> Result<Re
         s => s.map(Duration::from_secs),
     };
     let principal = client(&state, &parts, form.client_id.as_deref(), form.client_secret.as_deref()).await?;
+    // A token the tenant would refuse is not issued.
+    let as_token = Principal { method: AuthMethod::AuthorityToken, ..principal.clone() };
+    if principal.tenant_id.is_some() && state.auth.check_method(&as_token, state.config.tenant_cache_ttl).await.is_err()
+    {
+        return Err(ApiError::bad_request(
+            "unsupported_grant",
+            "this tenant does not accept Authority tokens (auth_methods); use the credential itself",
+        ));
+    }
     let now = state.clock.now();
     let issued = state.auth.authority.issue(&principal, &TokenRequest { scopes, lifetime }, now).map_err(|e| {
         let code = match e {
