@@ -575,6 +575,19 @@ conformance! {
         assert_eq!(op.status().as_u16(), 400);
         assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 100);
         assert_eq!(gw.get("/v1/events", &t.key).await.body["data"].as_array().unwrap().len(), 1);
+        // Routes that take no body refuse one they would ignore, and do nothing.
+        let victim = gw.post("/v1/api-keys", &t.key, None, json!({ "name": "v", "scopes": ["ledger.read"] })).await;
+        let revoke = format!("/v1/api-keys/{}/revoke", victim.str("id"));
+        for body in ["[]", "1", r#"{"now":true}"#, "{\"a\":"] {
+            let r = gw.http.post(format!("{}{revoke}", gw.base)).bearer_auth(&t.key)
+                .header("content-type", "application/json").body(body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 400, "{body}");
+        }
+        assert_eq!(gw.get("/v1/events", &victim.str("key")).await.status, 200, "still active");
+        let rotate = gw.http.post(format!("{}/v1/authority/rotate", gw.base)).bearer_auth(&gw.operator_key)
+            .header("content-type", "application/json").body("[1]").send().await.unwrap();
+        assert_eq!(rotate.status().as_u16(), 400);
+        assert_eq!(gw.post(&revoke, &t.key, None, json!({})).await.status, 200);
     }
 
     async fn balances_stay_within_what_json_clients_read_exactly(gw) {

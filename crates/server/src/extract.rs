@@ -298,6 +298,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// The body of a request that takes none: empty, or `{}`. Anything else is refused, so a
+/// request carrying instructions we would ignore is never carried out.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
 /// A strictly parsed query string.
 pub struct Query<T>(pub T);
 

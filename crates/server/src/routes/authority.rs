@@ -14,7 +14,7 @@ use licenseseal_ledger::{Intent, Scopes};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::extract::{self, Anonymous, Authed, ManageTenants};
+use crate::extract::{self, Anonymous, Authed, ManageTenants, NoFields, OptionalJson};
 use crate::{ApiError, AppState};
 
 /// The body of `POST /v1/authority/token`, as a form or as JSON.
@@ -217,6 +217,7 @@ pub async fn discovery(_: Anonymous, State(state): State<AppState>) -> Response 
 pub async fn rotate(
     State(state): State<AppState>,
     Authed(principal, _): Authed<ManageTenants>,
+    OptionalJson(_): OptionalJson<NoFields>,
 ) -> Result<Json<Value>, ApiError> {
     if !principal.is_operator() {
         return Err(ApiError::forbidden(&principal, "rotate the Authority's signing key"));

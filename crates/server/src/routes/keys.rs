@@ -9,7 +9,7 @@ use licenseseal_ledger::{Intent, KeyId, Scopes, SubjectId, TenantId, Timestamp};
 use licenseseal_store::ApiKeyRecord;
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{Authed, Json as Body, ManageKeys, OptionalJson, Query};
+use crate::extract::{Authed, Json as Body, ManageKeys, NoFields, OptionalJson, Query};
 use crate::{ApiError, AppState};
 
 /// Longest rotation grace period: 30 days.
@@ -198,6 +198,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     Authed(principal, _): Authed<ManageKeys>,
     Path(id): Path<String>,
+    OptionalJson(_): OptionalJson<NoFields>,
 ) -> Result<Json<KeyBody>, ApiError> {
     let key = managed_key(&state, &principal, &id).await?;
     state.store.retire_api_key(&key.id, state.clock.now(), true).await?;

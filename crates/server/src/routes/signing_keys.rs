@@ -13,7 +13,7 @@ use licenseseal_store::{SigningKeyRecord, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::extract::{Authed, Json as Body, ManageKeys, OptionalJson, Query};
+use crate::extract::{Authed, Json as Body, ManageKeys, NoFields, OptionalJson, Query};
 use crate::{ApiError, AppState};
 
 /// Longest rotation grace period: 30 days.
@@ -248,6 +248,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     Authed(principal, _): Authed<ManageKeys>,
     Path(id): Path<String>,
+    OptionalJson(_): OptionalJson<NoFields>,
 ) -> Result<Json<SigningKeyBody>, ApiError> {
     let key = managed(&state, &principal, &id).await?;
     state.store.retire_signing_key(&key.id, state.clock.now(), true).await?;
