@@ -455,6 +455,8 @@ conformance! {
         let first = gw.call("POST", "/v1/tenants", Some(&op), Some("t-1"), Some(json!({ "name": "Acme" }))).await;
         assert_eq!(first.status, 201, "{}", first.body);
         assert_eq!(first.header("idempotent-replayed"), None);
+        // Every mutating response carries its correlation id.
+        assert_eq!(first.body["correlation_id"].as_str(), first.header("x-request-id"), "{}", first.body);
         // The same request spelled differently (whitespace, member order) is the same request.
         let again = gw.http.post(format!("{}/v1/tenants", gw.base)).bearer_auth(&op)
             .header("idempotency-key", "t-1").header("content-type", "application/json")

@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_max))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(replay::stamp))
         .layer(axum::middleware::from_fn_with_state(state.clone(), replay::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), signed::verify))
         .layer(axum::middleware::from_fn_with_state(state.clone(), tls::bind_host))

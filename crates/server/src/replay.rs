@@ -213,3 +213,33 @@ async fn release(state: &AppState, scope: &str, key: &IdempotencyKey) {
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
+
+/// Every mutating response carries its `correlation_id` (PRODUCT.md). Ledger handlers put it
+/// in their bodies themselves; this layer adds it to the JSON object bodies of the other
+/// successful writes. It runs inside the replay layer, so a replay returns the first
+/// response's correlation id, as ledger replays do.
+pub(crate) async fn stamp(request: Request, next: Next) -> Response {
+    let writes = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT | Method::DELETE);
+    if !writes || EXCLUDED.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let correlation_id = request.extensions().get::<crate::extract::CorrelationId>().map(|c| c.0.clone());
+    let response = next.run(request).await;
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
+    let (Some(correlation_id), true, true) = (correlation_id, response.status().is_success(), json) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, RESPONSE_BYTES_MAX).await else {
+        return ApiError::Internal("a response too large to stamp".into()).into_response();
+    };
+    let stamped = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut fields)) if !fields.contains_key("correlation_id") => {
+            fields.insert("correlation_id".into(), correlation_id.into());
+            serde_json::Value::Object(fields).to_string().into_bytes()
+        }
+        _ => bytes.to_vec(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(stamped))
+}
