@@ -280,6 +280,18 @@ conformance! {
     let then = gw.get(&format!("/v1/accounts/alice?as_of={}", middle.to_rfc3339()), &t.key).await;
     assert_eq!(then.i64("balance"), 100, "{}", then.body);
     assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 70);
+    // The policy reported is the one in force at that instant, not today's.
+    gw.advance(10);
+    let before_policy = gw.now();
+    gw.advance(10);
+    let set = gw.call("PATCH", "/v1/accounts/alice", Some(&t.key), None, Some(json!({ "overdraft_limit": 50 }))).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let past = gw.get(&format!("/v1/accounts/alice?as_of={}", before_policy.to_rfc3339()), &t.key).await;
+    assert_eq!((past.i64("balance"), past.i64("overdraft_limit")), (70, 0), "{}", past.body);
+    assert!(past.body["updated_at"].as_str().unwrap() <= before_policy.to_rfc3339().as_str(), "{}", past.body);
+    gw.advance(1);
+    let after = gw.get(&format!("/v1/accounts/alice?as_of={}", gw.now().to_rfc3339()), &t.key).await;
+    assert_eq!(after.i64("overdraft_limit"), 50, "{}", after.body);
     gw.stop().await;
 }
 }

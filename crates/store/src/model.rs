@@ -189,6 +189,21 @@ pub struct AccountView {
     pub updated_at: Timestamp,
 }
 
+impl AccountView {
+    /// This view as of a past instant, from what the store found at or before it: the last
+    /// event (its `balance_after` and time) and the last policy change. `held` is 0 and
+    /// `available` the balance (holds and lot expiry of the past are not reconstructed).
+    pub fn as_of(mut self, last_event: Option<(i64, Timestamp)>, policy: Option<AccountPolicy>) -> Self {
+        let balance = last_event.map_or(0, |(balance, _)| balance);
+        (self.balance, self.held, self.available, self.expired_pending) = (balance, 0, balance, 0);
+        self.policy = policy.unwrap_or_default();
+        if let Some((_, at)) = last_event {
+            self.updated_at = at;
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct EventFilter {
     pub subject: Option<SubjectId>,

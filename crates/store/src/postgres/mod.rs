@@ -379,6 +379,19 @@ impl LedgerStore for PgStore {
         let mut state = tx.query_opt(&sql, &k).await?.map(|r| account_state_from(&r)).unwrap_or_default();
         change.apply(&mut state.policy);
         tx.execute(
+            "INSERT INTO policy_changes (tenant_id, subject, credit_type, at, overdraft_limit, max_debit_amount)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &key.tenant_id.as_str(),
+                &key.subject.as_str(),
+                &key.credit_type.as_str(),
+                &now.micros(),
+                &(state.policy.overdraft_limit as i64),
+                &state.policy.max_debit_amount.map(|v| v as i64),
+            ],
+        )
+        .await?;
+        tx.execute(
             "INSERT INTO accounts (tenant_id, subject, credit_type, balance, held, overdraft_limit, max_debit_amount, created_at, updated_at)
              VALUES ($1, $2, $3, 0, 0, $4, $5, $6, $6)
              ON CONFLICT (tenant_id, subject, credit_type) DO UPDATE SET
@@ -425,16 +438,27 @@ impl LedgerStore for PgStore {
             updated_at: Timestamp::from_micros(row.get(7)),
         };
         if let Some(at) = as_of {
-            let balance: Option<i64> = client
-                .query_opt(
-                    "SELECT balance_after FROM events WHERE tenant_id = $1 AND subject = $2 AND credit_type = $3
-                     AND created_at <= $4 ORDER BY seq DESC LIMIT 1",
-                    &[&key.tenant_id.as_str(), &key.subject.as_str(), &key.credit_type.as_str(), &at.micros()],
-                )
-                .await?
-                .map(|r| r.get(0));
-            let balance = balance.unwrap_or(0);
-            (view.balance, view.held, view.available, view.expired_pending) = (balance, 0, balance, 0);
+            let at = at.micros();
+            let k: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&key.tenant_id.as_str(), &key.subject.as_str(), &key.credit_type.as_str(), &at];
+            let (last_event, policy) = tokio::try_join!(
+                client.query_opt(
+                    "SELECT balance_after, created_at FROM events WHERE tenant_id = $1 AND subject = $2
+                     AND credit_type = $3 AND created_at <= $4 ORDER BY seq DESC LIMIT 1",
+                    &k,
+                ),
+                client.query_opt(
+                    "SELECT overdraft_limit, max_debit_amount FROM policy_changes WHERE tenant_id = $1
+                     AND subject = $2 AND credit_type = $3 AND at <= $4 ORDER BY at DESC, seq DESC LIMIT 1",
+                    &k,
+                ),
+            )?;
+            let last_event = last_event.map(|r| (r.get(0), Timestamp::from_micros(r.get(1))));
+            let policy = policy.map(|r| licenseseal_ledger::AccountPolicy {
+                overdraft_limit: r.get::<_, i64>(0) as u64,
+                max_debit_amount: r.get::<_, Option<i64>>(1).map(|v| v as u64),
+            });
+            view = view.as_of(last_event, policy);
         }
         Ok(Some(view))
     }

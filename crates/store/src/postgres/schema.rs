@@ -183,6 +183,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scope, key)
     );
     "#,
+    // 5: account policy history, so that `as_of` reports the policy of that instant. Policies
+    // set before this version are dated to the account's creation.
+    r#"
+    CREATE TABLE policy_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        tenant_id        TEXT NOT NULL,
+        subject          TEXT NOT NULL,
+        credit_type      TEXT NOT NULL,
+        at               BIGINT NOT NULL,
+        overdraft_limit  BIGINT NOT NULL,
+        max_debit_amount BIGINT
+    );
+    CREATE INDEX policy_changes_by_account ON policy_changes (tenant_id, subject, credit_type, at, seq);
+    INSERT INTO policy_changes (tenant_id, subject, credit_type, at, overdraft_limit, max_debit_amount)
+        SELECT tenant_id, subject, credit_type, created_at, overdraft_limit, max_debit_amount FROM accounts
+        WHERE overdraft_limit <> 0 OR max_debit_amount IS NOT NULL;
+    "#,
 ];
 
 /// Applies every migration the database has not seen, all under one advisory lock.

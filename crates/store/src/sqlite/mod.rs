@@ -247,6 +247,18 @@ impl LedgerStore for SqliteStore {
             let mut state = load_account(conn, &key)?.map(|(s, _)| s).unwrap_or_default();
             change.apply(&mut state.policy);
             writer::upsert_account(conn, &key, &state, now)?;
+            conn.prepare_cached(
+                "INSERT INTO policy_changes (tenant_id, subject, credit_type, at, overdraft_limit, max_debit_amount)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                key.tenant_id.as_str(),
+                key.subject.as_str(),
+                key.credit_type.as_str(),
+                now.micros(),
+                state.policy.overdraft_limit as i64,
+                state.policy.max_debit_amount.map(|v| v as i64),
+            ])?;
             cache.invalidate(&key);
             Ok(account_view(key, &state, now, now))
         })
@@ -260,21 +272,27 @@ impl LedgerStore for SqliteStore {
             let Some((state, updated_at)) = load_account(conn, &key)? else { return Ok(None) };
             let mut view = account_view(key.clone(), &state, updated_at, now);
             if let Some(at) = as_of {
-                let balance: Option<i64> = conn
+                let k = params![key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str(), at.micros()];
+                let last_event = conn
                     .prepare_cached(
-                        "SELECT balance_after FROM events WHERE tenant_id = ?1 AND subject = ?2 AND credit_type = ?3
-                         AND created_at <= ?4 ORDER BY seq DESC LIMIT 1",
+                        "SELECT balance_after, created_at FROM events WHERE tenant_id = ?1 AND subject = ?2
+                         AND credit_type = ?3 AND created_at <= ?4 ORDER BY seq DESC LIMIT 1",
                     )?
-                    .query_row(
-                        params![key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str(), at.micros()],
-                        |r| r.get(0),
-                    )
+                    .query_row(k, |r| Ok((r.get(0)?, Timestamp::from_micros(r.get(1)?))))
                     .optional()?;
-                let balance = balance.unwrap_or(0);
-                view.balance = balance;
-                view.held = 0;
-                view.available = balance;
-                view.expired_pending = 0;
+                let policy = conn
+                    .prepare_cached(
+                        "SELECT overdraft_limit, max_debit_amount FROM policy_changes WHERE tenant_id = ?1
+                         AND subject = ?2 AND credit_type = ?3 AND at <= ?4 ORDER BY at DESC, seq DESC LIMIT 1",
+                    )?
+                    .query_row(k, |r| {
+                        Ok(licenseseal_ledger::AccountPolicy {
+                            overdraft_limit: r.get::<_, i64>(0)? as u64,
+                            max_debit_amount: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                        })
+                    })
+                    .optional()?;
+                view = view.as_of(last_event, policy);
             }
             Ok(Some(view))
         })
