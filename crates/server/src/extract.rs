@@ -256,6 +256,14 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     })
 }
 
+/// A request body read whole, at most `body_bytes_max` (64 KiB) — the one place that limit is
+/// enforced on a raw body.
+pub(crate) async fn read_body(body: axum::body::Body, state: &AppState) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, state.config.body_bytes_max)
+        .await
+        .map_err(|_| ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB"))
+}
+
 /// Parses a request body, which must be one JSON object: serde would also fill a struct from
 /// an array, field by field in order, which no client means and which bypasses the checks on
 /// field names.

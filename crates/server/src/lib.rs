@@ -134,35 +134,33 @@ pub fn router(state: AppState) -> Router {
     let body_max = state.config.body_bytes_max;
     routes::routes()
         .fallback(|| async { ApiError::NotFound("route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_first))
         .layer(DefaultBodyLimit::max(body_max))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(replay::stamp))
         .layer(axum::middleware::from_fn_with_state(state.clone(), replay::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), signed::verify))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_first))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), tls::bind_host))
         .layer(axum::middleware::from_fn(edge))
         .with_state(state)
 }
 
-/// Reads the whole request body (bounded, and inside the request timeout) before any handler
-/// runs. Handlers refuse unauthenticated or unauthorised requests before they look at the
-/// body; over HTTP/2 that early answer comes with a RST_STREAM for the unread body, which some
-/// clients (curl) report as a stream error instead of showing the 401 or 403.
+/// Reads the whole request body (bounded, and inside the request timeout) once, before any
+/// layer or handler looks at it: the signature check and the idempotency layer need it whole,
+/// and handlers refuse unauthenticated or unauthorised requests before they parse it — over
+/// HTTP/2 an answer before the body is read comes with a RST_STREAM for the unread rest, which
+/// some clients (curl) report as a stream error instead of showing the 401 or 403.
 async fn read_body_first(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, state.config.body_bytes_max).await else {
-        return axum::response::IntoResponse::into_response(ApiError::bad_request(
-            "body_too_large",
-            "the request body exceeds 64 KiB",
-        ));
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+    match extract::read_body(body, &state).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
 }
 
 /// Client-certificate headers set by proxies; stripped from every incoming request.

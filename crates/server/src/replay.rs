@@ -32,9 +32,6 @@ use licenseseal_store::RequestClaim;
 use crate::extract::{self, Refused};
 use crate::{ApiError, AppState};
 
-/// Routes whose idempotency is the ledger's own, or where a replay makes no sense (a token
-/// is a secret).
-const EXCLUDED: [&str; 5] = ["/v1/grants", "/v1/debits", "/v1/refunds", "/v1/adjustments", "/v1/authority/token"];
 /// Response fields holding a secret shown once, removed before a response is stored.
 const SECRET_FIELDS: [&str; 2] = ["key", "secret"];
 /// How often, and how long in all, a duplicate waits for the first request to finish.
@@ -44,8 +41,8 @@ const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(5);
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
 
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let writes = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT | Method::DELETE);
-    if !writes || EXCLUDED.contains(&request.uri().path()) || !request.headers().contains_key("idempotency-key") {
+    let outside_ledger = intent_of(request.method(), request.uri().path()).is_some();
+    if !outside_ledger || !request.headers().contains_key("idempotency-key") {
         return next.run(request).await;
     }
     let mut values = request.headers().get_all("idempotency-key").iter();
@@ -61,8 +58,9 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         .into_response();
     };
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, state.config.body_bytes_max).await else {
-        return ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB").into_response();
+    let bytes = match extract::read_body(body, &state).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     // Who is calling decides the key's scope. A request that does not authenticate is left
     // to the handler, which refuses it (and audits why) without any key being involved.
@@ -130,8 +128,12 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
 }
 
 /// The intent a write outside the ledger needs (as its handler's `Authed<…>` says), or `None`
-/// for a route this layer leaves alone.
+/// for every other request: reads, ledger writes (whose idempotency is the ledger's own) and
+/// the token endpoint (a token is a secret, never replayed).
 fn intent_of(method: &Method, path: &str) -> Option<Intent> {
+    if !matches!(*method, Method::POST | Method::PATCH | Method::PUT | Method::DELETE) {
+        return None;
+    }
     let under = |prefix: &str| path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
     match *method {
         Method::POST if path == "/v1/tenants" || path == "/v1/authority/rotate" => Some(Intent::TenantsManage),
@@ -219,8 +221,7 @@ fn micros(d: Duration) -> i64 {
 /// successful writes. It runs inside the replay layer, so a replay returns the first
 /// response's correlation id, as ledger replays do.
 pub(crate) async fn stamp(request: Request, next: Next) -> Response {
-    let writes = matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT | Method::DELETE);
-    if !writes || EXCLUDED.contains(&request.uri().path()) {
+    if intent_of(request.method(), request.uri().path()).is_none() {
         return next.run(request).await;
     }
     let correlation_id = request.extensions().get::<crate::extract::CorrelationId>().map(|c| c.0.clone());

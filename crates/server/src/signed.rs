@@ -31,8 +31,9 @@ pub(crate) async fn verify(State(state): State<AppState>, request: Request, next
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, state.config.body_bytes_max).await else {
-        return ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB").into_response();
+    let bytes = match crate::extract::read_body(body, &state).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     let outcome = match check(&state, &parts, &bytes).await {
         Ok(principal) => Ok(principal),

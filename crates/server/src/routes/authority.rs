@@ -41,9 +41,7 @@ pub async fn token(State(state): State<AppState>, request: Request) -> Result<Re
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let bytes = axum::body::to_bytes(body, state.config.body_bytes_max)
-        .await
-        .map_err(|_| ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB"))?;
+    let bytes = extract::read_body(body, &state).await?;
     let form: TokenBody = match mime.as_str() {
         "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(&bytes)
             .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid form body: {e}")))?,

@@ -27,15 +27,20 @@ use tokio_postgres::Row;
 use crate::codec::{corrupt, event_body, event_from_row};
 use crate::{Execution, StoreError};
 
-/// The advisory lock id of an account: 64 bits of SHA-256 over its key, the same on every
-/// instance. A collision only makes two accounts share a lock.
-pub(crate) fn lock_id(key: &AccountKey) -> i64 {
+/// An advisory lock id: 64 bits of SHA-256 over length-prefixed `parts`, the same on every
+/// instance. A collision only makes two things share a lock.
+fn advisory_id(parts: &[&str]) -> i64 {
     let mut h = Sha256::new();
-    for part in [key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str()] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
     i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+/// The advisory lock id of an account.
+pub(crate) fn lock_id(key: &AccountKey) -> i64 {
+    advisory_id(&[key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str()])
 }
 
 /// The advisory lock id of a tenant's listing barrier. Every transaction that writes a
@@ -45,19 +50,13 @@ pub(crate) fn lock_id(key: &AccountKey) -> i64 {
 /// earlier one; a listing that paged past it would skip the earlier event forever. Under the
 /// barrier no writer of the tenant is mid-transaction, so every page is final.
 pub fn listing_barrier_id(tenant: &TenantId) -> i64 {
-    let mut h = Sha256::new();
-    h.update(b"licenseseal listing barrier\0");
-    h.update(tenant.as_str().as_bytes());
-    i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    advisory_id(&["licenseseal listing barrier", tenant.as_str()])
 }
 
 /// The same barrier for a tenant's API keys (`None`: the operator's), which are listed by
 /// `seq` too.
 pub fn key_listing_barrier_id(tenant: Option<&TenantId>) -> i64 {
-    let mut h = Sha256::new();
-    h.update(b"licenseseal key listing barrier\0");
-    h.update(tenant.map_or("", TenantId::as_str).as_bytes());
-    i64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    advisory_id(&["licenseseal key listing barrier", tenant.map_or("", TenantId::as_str)])
 }
 
 /// Takes, inside the open transaction and in one round trip, the listing barriers of the
