@@ -86,8 +86,12 @@ impl PgStore {
     pub async fn connect(url: &str, clock: Arc<dyn Clock>, config: PgConfig) -> Result<Self, StoreError> {
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+        // Every statement is planned for its own arguments. Statements are prepared once per
+        // pooled connection, and after five runs PostgreSQL may keep a generic plan for good:
+        // one made while a table was still empty keeps scanning the whole table once it is
+        // large (a batch's idempotency read took 40 ms at 130k keys; BENCHMARKS.md).
         let options = format!(
-            "{} -c statement_timeout={}",
+            "{} -c statement_timeout={} -c plan_cache_mode=force_custom_plan",
             pg.get_options().unwrap_or_default(),
             config.statement_timeout.as_millis()
         );

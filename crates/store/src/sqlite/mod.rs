@@ -2,6 +2,7 @@
 //! connections that never wait for it (WAL), and `synchronous = FULL` so that a commit is on
 //! disk before any reply is sent.
 
+mod checkpoint;
 mod rows;
 mod schema;
 mod writer;
@@ -44,7 +45,8 @@ pub struct SqliteConfig {
     pub readers_max: usize,
     /// Accounts the writer keeps in memory.
     pub account_cache_max: usize,
-    /// WAL size, in pages, at which the writer copies it back into the database file.
+    /// WAL size, in pages, at which the WAL is made to start over (it is copied back into the
+    /// database file continuously, by the checkpointer).
     pub wal_checkpoint_pages: u32,
 }
 
@@ -91,11 +93,6 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_secret', ?1)",
             [rand::random::<[u8; 32]>().to_vec()],
         )?;
-        // The writer checkpoints the WAL itself once it passes this many pages. A checkpointer
-        // beside a busy writer never catches up with it, so the WAL would never restart and
-        // would grow without bound; the writer's own checkpoints keep it small and overwritten
-        // in place, which also keeps each commit's fsync cheap.
-        conn.pragma_update(None, "wal_autocheckpoint", config.wal_checkpoint_pages as i64)?;
         let (tx, rx) = mpsc::channel(config.queue_depth_max);
         let sync_failure = writer::SyncFailure::default();
         let writer = Writer::new(
@@ -104,6 +101,7 @@ impl SqliteStore {
             clock.clone(),
             config.batch_size_max,
             config.account_cache_max,
+            config.wal_checkpoint_pages,
             sync_failure.clone(),
         )?;
         let thread = std::thread::Builder::new()

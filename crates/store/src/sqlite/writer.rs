@@ -8,7 +8,8 @@
 //! and only then answers the batch's callers, while the writer already applies the next
 //! batch. No reply is ever sent before the commit that holds it is on disk. (`NORMAL` keeps
 //! SQLite's own checkpoints safe: the WAL is synced before a checkpoint, the database after
-//! it, and the WAL header before the WAL is reused.)
+//! it, and the WAL header before the WAL is reused.) Checkpoints run beside the writer, on the
+//! checkpointer's thread (`checkpoint.rs`).
 //!
 //! Because it is the only writer, it keeps the accounts it has touched in memory: the cache is
 //! exactly what is committed, and is dropped whole if a commit ever fails.
@@ -25,6 +26,7 @@ use licenseseal_ledger::{
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::rows::{insert_event, load_account, load_event, load_lot};
 use crate::{Clock, Execution, StoreError};
 
@@ -60,6 +62,7 @@ pub(crate) struct Writer {
     last_now: Timestamp,
     batch_max: usize,
     syncer: Syncer,
+    checkpointer: Checkpointer,
     failure: SyncFailure,
 }
 
@@ -181,9 +184,12 @@ impl Writer {
         clock: Arc<dyn Clock>,
         batch_max: usize,
         cache_max: usize,
+        wal_restart_pages: u32,
         failure: SyncFailure,
     ) -> Result<Self, StoreError> {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints run on the checkpointer's thread, not inside this connection's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Writer {
             conn,
             cache: AccountCache { map: HashMap::new(), max: cache_max },
@@ -191,6 +197,7 @@ impl Writer {
             last_now: Timestamp::from_micros(0),
             batch_max,
             syncer: Syncer::start(db_path, failure.clone())?,
+            checkpointer: Checkpointer::start(db_path, wal_restart_pages)?,
             failure,
         })
     }
@@ -220,6 +227,7 @@ impl Writer {
                 }
             }
             self.commit_ledger(&mut ledger);
+            self.checkpointer.finish_if_wanted(&self.conn);
         }
     }
 
@@ -494,22 +502,32 @@ fn write_lots(
     before: &AccountState,
     after: &AccountState,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO lots (id, tenant_id, subject, credit_type, priority, expires_at, created_at, remaining)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining",
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO lots (tenant_id, subject, credit_type, id, priority, expires_at, created_at, remaining)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE lots SET remaining = ?5 WHERE tenant_id = ?1 AND subject = ?2 AND credit_type = ?3 AND id = ?4",
+    )?;
+    let k = (key.tenant_id.as_str(), key.subject.as_str(), key.credit_type.as_str());
     for lot in crate::apply::changed_lots(before, after) {
-        stmt.execute(params![
-            lot.id.as_str(),
-            key.tenant_id.as_str(),
-            key.subject.as_str(),
-            key.credit_type.as_str(),
-            lot.priority,
-            lot.expires_at.map(Timestamp::micros),
-            lot.created_at.micros(),
-            lot.remaining as i64,
-        ])?;
+        if before.lots.iter().any(|b| b.id == lot.id) {
+            let updated = update.execute(params![k.0, k.1, k.2, lot.id.as_str(), lot.remaining as i64])?;
+            if updated != 1 {
+                return Err(StoreError::Corrupt(format!("lot {} of the account is missing", lot.id)));
+            }
+        } else {
+            insert.execute(params![
+                k.0,
+                k.1,
+                k.2,
+                lot.id.as_str(),
+                lot.priority,
+                lot.expires_at.map(Timestamp::micros),
+                lot.created_at.micros(),
+                lot.remaining as i64,
+            ])?;
+        }
     }
     Ok(())
 }
@@ -551,7 +569,7 @@ mod tests {
         let mut conn = Connection::open(&path).unwrap();
         super::super::schema::configure(&conn).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        Writer::new(conn, &path, Arc::new(SystemClock), 100, 100, SyncFailure::default()).unwrap()
+        Writer::new(conn, &path, Arc::new(SystemClock), 100, 100, 1000, SyncFailure::default()).unwrap()
     }
 
     fn grant(tenant: &TenantId, key: &str) -> (Command, Reply, oneshot::Receiver<Result<Execution, StoreError>>) {
