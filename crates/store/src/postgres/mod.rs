@@ -3,7 +3,7 @@
 //! `batch.rs`); everything else is a plain query on a bounded connection pool.
 
 mod batch;
-pub use batch::{key_listing_barrier_id, listing_barrier_id};
+pub use batch::{key_listing_barrier_id, listing_barrier_id, BATCH_READS};
 mod schema;
 pub mod scratch;
 
@@ -54,7 +54,7 @@ impl Default for PgConfig {
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             batch_size_max: 512,
-            batches_in_flight_max: 4,
+            batches_in_flight_max: std::env::var("LS_PG_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
             retries_max: 8,
             queue_depth_max: 16_384,
         }
@@ -86,12 +86,8 @@ impl PgStore {
     pub async fn connect(url: &str, clock: Arc<dyn Clock>, config: PgConfig) -> Result<Self, StoreError> {
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
-        // Every statement is planned for its own arguments. Statements are prepared once per
-        // pooled connection, and after five runs PostgreSQL may keep a generic plan for good:
-        // one made while a table was still empty keeps scanning the whole table once it is
-        // large (a batch's idempotency read took 40 ms at 130k keys; BENCHMARKS.md).
         let options = format!(
-            "{} -c statement_timeout={} -c plan_cache_mode=force_custom_plan",
+            "{} -c statement_timeout={}",
             pg.get_options().unwrap_or_default(),
             config.statement_timeout.as_millis()
         );
