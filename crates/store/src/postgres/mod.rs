@@ -54,7 +54,7 @@ impl Default for PgConfig {
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             batch_size_max: 512,
-            batches_in_flight_max: std::env::var("LS_PG_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
+            batches_in_flight_max: 4,
             retries_max: 8,
             queue_depth_max: 16_384,
         }

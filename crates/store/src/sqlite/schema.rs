@@ -256,3 +256,62 @@ pub fn configure(conn: &Connection) -> Result<(), StoreError> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store left at version 5 keeps its lots through migration 6, which rebuilds the table.
+    #[test]
+    fn lots_survive_the_move_to_the_clustered_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
+        configure(&conn).unwrap();
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(5) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO lots (id, tenant_id, subject, credit_type, priority, expires_at, created_at, remaining) VALUES
+                 ('evt_a', 'ten_1', 'alice', 'credits', 0, NULL, 10, 5),
+                 ('evt_b', 'ten_1', 'alice', 'credits', 2, 99, 11, 0),
+                 ('evt_c', 'ten_1', 'bob', 'credits', 1, NULL, 12, 7)",
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let lots: Vec<(String, String, i64, Option<i64>, i64)> = conn
+            .prepare("SELECT id, subject, priority, expires_at, remaining FROM lots ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            lots,
+            vec![
+                ("evt_a".into(), "alice".into(), 0, None, 5),
+                ("evt_b".into(), "alice".into(), 2, Some(99), 0),
+                ("evt_c".into(), "bob".into(), 1, None, 7),
+            ]
+        );
+        // Lot ids stay unique, and a debit's update of `remaining` touches no index.
+        let duplicate = conn.execute(
+            "INSERT INTO lots (tenant_id, subject, credit_type, id, priority, created_at, remaining)
+             VALUES ('ten_1', 'carol', 'credits', 'evt_a', 0, 1, 1)",
+            [],
+        );
+        assert!(duplicate.is_err());
+        let indexed: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_info('lots_by_id')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexed, vec!["id".to_owned()]);
+    }
+}
