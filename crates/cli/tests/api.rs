@@ -621,3 +621,39 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     gw.stop().await;
     assert!(stopped.elapsed() < std::time::Duration::from_secs(6), "shutdown waited {:?}", stopped.elapsed());
 }
+
+/// An over-long request target or oversized headers get a 414 or 431 problem response (not
+/// hyper's empty one) and write nothing; headers within the limits pass.
+#[tokio::test]
+async fn oversized_request_heads_are_problems_and_write_nothing() {
+    let gw = Gateway::start_sqlite().await;
+    let t = gw.tenant().await;
+    gw.grant(&t.key, "g", "alice", 5).await;
+    let debit = |idem: &str| {
+        gw.http
+            .post(format!("{}/v1/debits", gw.base))
+            .bearer_auth(&t.key)
+            .header("idempotency-key", idem)
+            .json(&json!({"subject": "alice", "amount": 1}))
+    };
+    let many = (0..120).fold(debit("many"), |req, i| req.header(format!("x-extra-{i}"), "v"));
+    let cases = [
+        ("one 40 KiB header", debit("big").header("x-big", "a".repeat(40 * 1024)), 431),
+        ("120 header fields", many, 431),
+        (
+            "a 9 KiB query",
+            gw.http.get(format!("{}/v1/events?x={}", gw.base, "a".repeat(9 * 1024))).bearer_auth(&t.key),
+            414,
+        ),
+    ];
+    for (name, request, status) in cases {
+        let reply = Gateway::reply(request.send().await.unwrap()).await;
+        assert_eq!(reply.status, status, "{name}: {}", reply.body);
+        assert!(reply.is_problem(), "{name}: not a problem response: {:?} {}", reply.headers, reply.body);
+    }
+    let within = Gateway::reply(debit("within").header("x-big", "a".repeat(20 * 1024)).send().await.unwrap()).await;
+    assert_eq!(within.status, 201, "{}", within.body);
+    let events = gw.all_events(&t.key, "").await;
+    assert_eq!(events.len(), 2, "the grant and the one debit within the limits: {events:?}");
+    gw.stop().await;
+}

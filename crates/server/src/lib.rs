@@ -163,6 +163,31 @@ async fn read_body_first(
     }
 }
 
+/// Longest request target (path and query) taken.
+pub const URI_BYTES_MAX: usize = 8 * 1024;
+/// Most header fields in a request.
+pub const HEADERS_MAX: usize = 100;
+/// Most bytes of header names and values in a request.
+pub const HEADER_BYTES_MAX: usize = 32 * 1024;
+/// hyper's own limits sit well above ours, so that a request over ours still reaches `edge`
+/// and gets a problem body; beyond these hyper answers by itself, with an empty body.
+const HYPER_HEADERS_MAX: usize = 1024;
+const H2_HEADER_LIST_BYTES_MAX: u32 = 256 * 1024;
+
+/// 414 or 431 when the request line or the headers are over our limits.
+fn oversized_head(request: &Request) -> Option<StatusCode> {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > URI_BYTES_MAX {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    let headers = request.headers();
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if headers.len() > HEADERS_MAX || bytes > HEADER_BYTES_MAX {
+        return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    None
+}
+
 /// Client-certificate headers set by proxies; stripped from every incoming request.
 const FORWARDED_CERT_HEADERS: [&str; 4] =
     ["x-forwarded-client-cert", "client-cert", "client-cert-chain", "x-client-cert"];
@@ -177,7 +202,10 @@ async fn edge(mut request: Request, next: Next) -> Response {
     }
     let correlation_id = extract::correlation_from(request.headers());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
-    let mut response = next.run(request).await;
+    let mut response = match oversized_head(&request) {
+        Some(status) => Problem::for_status(status).render(&correlation_id),
+        None => next.run(request).await,
+    };
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {
         if problem.status == StatusCode::FORBIDDEN {
             // Every refusal for lack of permission is audited here, whichever check made it
@@ -243,9 +271,18 @@ pub async fn serve_with_tls(
     let reloader = tokio::spawn(reload_authority_keys(state.clone()));
     let app = router(state.clone());
     let mut plain = Builder::new(TokioExecutor::new()).http1_only();
-    plain.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    plain
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_headers(HYPER_HEADERS_MAX);
     let mut secure = Builder::new(TokioExecutor::new());
-    secure.http1().timer(TokioTimer::new()).header_read_timeout(state.config.header_read_timeout);
+    secure
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_headers(HYPER_HEADERS_MAX);
+    secure.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
     let secure = Arc::new(secure);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (tls_listener, identity) = match tls {
