@@ -535,6 +535,32 @@ conformance! {
         assert_eq!((later.status, later.header("idempotent-replayed")), (201, None));
     }
 
+    async fn a_key_has_one_scope_per_tenant_across_ledger_and_other_writes(gw) {
+        let t = gw.tenant().await;
+        let key_body = json!({ "name": "x", "scopes": ["ledger.read"] });
+        // A key a grant used is taken for a key creation: a different request under it.
+        assert_eq!(gw.grant(&t.key, "shared-1", "alice", 10).await.status, 201);
+        let created = gw.call("POST", "/v1/api-keys", Some(&t.key), Some("shared-1"), Some(key_body.clone())).await;
+        assert_eq!((created.status, created.is_problem()), (422, true), "{}", created.body);
+        // And the other way round: a key that created an API key is taken for a debit, which
+        // charges nothing.
+        let first = gw.call("POST", "/v1/api-keys", Some(&t.key), Some("shared-2"), Some(key_body.clone())).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        let debit = gw.debit(&t.key, "shared-2", "alice", 3).await;
+        assert_eq!((debit.status, debit.is_problem()), (422, true), "{}", debit.body);
+        assert_eq!(gw.account(&t.key, "alice").await.i64("balance"), 10);
+        assert_eq!(gw.all_events(&t.key, "").await.len(), 1, "only the grant");
+        let keys = gw.get("/v1/api-keys", &t.key).await;
+        assert_eq!(keys.body["data"].as_array().unwrap().iter().filter(|k| k["name"] == "x").count(), 1);
+        // Each request under its own key still replays.
+        let replay = gw.call("POST", "/v1/api-keys", Some(&t.key), Some("shared-2"), Some(key_body)).await;
+        assert_eq!((replay.status, replay.header("idempotent-replayed")), (201, Some("true")));
+        assert!(gw.grant(&t.key, "shared-1", "alice", 10).await.replayed());
+        // Another tenant's keys are its own.
+        let u = gw.tenant().await;
+        assert_eq!(gw.grant(&u.key, "shared-2", "alice", 1).await.status, 201);
+    }
+
     async fn concurrent_duplicates_of_a_write_outside_the_ledger_create_one_thing(gw) {
         let t = gw.tenant().await;
         let body = json!({ "name": "dup", "scopes": ["ledger.read"] });

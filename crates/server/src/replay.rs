@@ -88,6 +88,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         };
         match claim {
             RequestClaim::Claimed => break,
+            RequestClaim::UsedByLedger => return ApiError::KeyReused.into_response(),
             RequestClaim::Done { fingerprint: stored, .. } | RequestClaim::InFlight { fingerprint: stored }
                 if stored != fingerprint =>
             {

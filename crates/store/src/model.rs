@@ -233,4 +233,7 @@ pub enum RequestClaim {
     InFlight { fingerprint: [u8; 32] },
     /// A request finished under the key: its fingerprint and the response it got.
     Done { fingerprint: [u8; 32], status: u16, body: String },
+    /// A ledger write (grant, debit, …) already used the key: keys have one scope per tenant,
+    /// so this request is a different request under a used key.
+    UsedByLedger,
 }

@@ -12,7 +12,7 @@
 //! The idempotency record is inserted in the same transaction as the events; a concurrent
 //! insert of the same key by another instance makes the batch retry, and the retry replays.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use deadpool_postgres::Pool;
 use licenseseal_ledger::idempotency::decide_idempotency;
@@ -109,7 +109,8 @@ pub(crate) async fn execute(tx: &Tx<'_>, sql: &str, params: &[&(dyn ToSql + Sync
 /// probes its table once per requested key, from a `LATERAL` subquery that `OFFSET 0` keeps
 /// from being flattened into a join: whatever the sizes, that is an index lookup. Checked on
 /// generic plans over empty tables by `tests/pg_plans.rs`.
-pub const BATCH_READS: [&str; 5] = [READ_EVENTS, READ_IDEMPOTENCY, READ_ACCOUNTS, READ_LOTS, READ_REFUNDED];
+pub const BATCH_READS: [&str; 6] =
+    [READ_EVENTS, READ_IDEMPOTENCY, READ_REQUEST_KEYS, READ_ACCOUNTS, READ_LOTS, READ_REFUNDED];
 
 /// The debits that a batch's refunds name.
 const READ_EVENTS: &str = "SELECT e.tenant_id, e.body FROM unnest($1::text[]) AS r(id)
@@ -120,6 +121,10 @@ const READ_IDEMPOTENCY: &str = "SELECT i.tenant_id, i.key, i.fingerprint, i.refu
      FROM unnest($1::text[], $2::text[]) AS k(t, k)
      CROSS JOIN LATERAL (SELECT * FROM idempotency WHERE tenant_id = k.t AND key = k.k OFFSET 0) i
      LEFT JOIN LATERAL (SELECT body FROM events WHERE id = i.event_id OFFSET 0) e ON true";
+
+/// The batch's keys that a request outside the ledger used (keys have one scope per tenant).
+const READ_REQUEST_KEYS: &str = "SELECT k.t, k.k FROM unnest($1::text[], $2::text[]) AS k(t, k)
+     CROSS JOIN LATERAL (SELECT 1 FROM request_idempotency WHERE scope = k.t AND key = k.k OFFSET 0) r";
 
 /// The batch's accounts.
 const READ_ACCOUNTS: &str =
@@ -190,14 +195,17 @@ pub(crate) async fn run_batch(
     let read_params_1: [&(dyn ToSql + Sync); 3] = [&kt, &ks, &kc];
     let read_params_2: [&(dyn ToSql + Sync); 4] = [&kt, &ks, &kc, &lot_ids];
     let read_params_3: [&(dyn ToSql + Sync); 1] = [&refund_ids];
-    let (idem_rows, account_rows, lot_rows, refunded_rows) = tokio::try_join!(
+    let (idem_rows, request_rows, account_rows, lot_rows, refunded_rows) = tokio::try_join!(
         query(&tx, READ_IDEMPOTENCY, &read_params_0),
+        query(&tx, READ_REQUEST_KEYS, &read_params_0),
         query(&tx, READ_ACCOUNTS, &read_params_1),
         query(&tx, READ_LOTS, &read_params_2),
         query(&tx, READ_REFUNDED, &read_params_3),
     )?;
 
     let mut stored = stored_outcomes(&idem_rows)?;
+    let request_keys: HashSet<(String, String)> =
+        request_rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
     let mut states = account_states(&account_rows, &lot_rows)?;
     let before = states.clone();
     let mut refunded: HashMap<String, u64> =
@@ -213,6 +221,13 @@ pub(crate) async fn run_batch(
                 continue;
             }
             IdempotencyDecision::KeyReusedWithDifferentRequest => {
+                results.push(Ok(Execution::KeyReusedWithDifferentRequest));
+                continue;
+            }
+            IdempotencyDecision::Fresh
+                if !request_keys.is_empty()
+                    && request_keys.contains(&(cmd.tenant_id.to_string(), cmd.idempotency_key.to_string())) =>
+            {
                 results.push(Ok(Execution::KeyReusedWithDifferentRequest));
                 continue;
             }

@@ -792,6 +792,13 @@ impl LedgerStore for PgStore {
     ) -> Result<RequestClaim, StoreError> {
         let client = self.client().await?;
         let (fp, now, stale) = (&fingerprint[..], now.micros(), stale_before.micros());
+        // Keys have one scope per tenant: a key a ledger write used is taken. (A ledger batch
+        // checks the other way round; two different requests sent at the same instant under
+        // one key, one to the ledger and one not, could still both pass.)
+        let used = "SELECT EXISTS (SELECT 1 FROM idempotency WHERE tenant_id = $1 AND key = $2)";
+        if client.query_one(used, &[&scope, &key]).await?.get::<_, bool>(0) {
+            return Ok(RequestClaim::UsedByLedger);
+        }
         // One statement: concurrent claims serialise on the row, and exactly one gets it.
         let claimed = client
             .query_opt(

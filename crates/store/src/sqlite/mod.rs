@@ -692,6 +692,11 @@ impl LedgerStore for SqliteStore {
     ) -> Result<RequestClaim, StoreError> {
         let (scope, key) = (scope.to_owned(), key.to_owned());
         self.admin(move |conn, _, _| {
+            // Keys have one scope per tenant: a key a ledger write used is taken. Claims and
+            // ledger writes both run on the writer, one at a time, so this cannot race.
+            if writer::ledger_key_used(conn, &scope, &key)? {
+                return Ok(RequestClaim::UsedByLedger);
+            }
             let claimed = conn
                 .prepare_cached(
                     "INSERT INTO request_idempotency (scope, key, fingerprint, claimed_at) VALUES (?1, ?2, ?3, ?4)

@@ -354,6 +354,9 @@ impl Writer {
         match decide_idempotency(stored.as_ref(), &cmd.fingerprint) {
             IdempotencyDecision::Replay(outcome) => return Ok(Execution::Replayed(outcome)),
             IdempotencyDecision::KeyReusedWithDifferentRequest => return Ok(Execution::KeyReusedWithDifferentRequest),
+            IdempotencyDecision::Fresh if request_key_used(&self.conn, cmd)? => {
+                return Ok(Execution::KeyReusedWithDifferentRequest)
+            }
             IdempotencyDecision::Fresh => {}
         }
         let refunded = match &cmd.kind {
@@ -432,6 +435,20 @@ impl Writer {
 /// Runs a parameterless statement through the statement cache (no re-parsing per batch).
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Whether a ledger write of `tenant` used `key`.
+pub(crate) fn ledger_key_used(conn: &Connection, tenant: &str, key: &str) -> Result<bool, StoreError> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM idempotency WHERE tenant_id = ?1 AND key = ?2)";
+    Ok(conn.prepare_cached(sql)?.query_row(params![tenant, key], |r| r.get(0))?)
+}
+
+/// Whether a request outside the ledger (a key, a setting, …) of the command's tenant used its
+/// key: keys have one scope per tenant.
+fn request_key_used(conn: &Connection, cmd: &Command) -> Result<bool, StoreError> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM request_idempotency WHERE scope = ?1 AND key = ?2)";
+    let params = params![cmd.tenant_id.as_str(), cmd.idempotency_key.as_str()];
+    Ok(conn.prepare_cached(sql)?.query_row(params, |r| r.get(0))?)
 }
 
 fn load_idempotency(conn: &Connection, cmd: &Command) -> Result<Option<StoredOutcome>, StoreError> {
