@@ -683,3 +683,106 @@ async fn oversized_request_heads_are_problems_and_write_nothing() {
     assert_eq!(events.len(), 2, "the grant and the one debit within the limits: {events:?}");
     gw.stop().await;
 }
+
+/// Sends `request` on a fresh connection (half-closing it after, if asked) and returns the
+/// status line and body of the answer, or `None` if the connection closed without one.
+async fn raw_exchange(gw: &Gateway, request: &str, half_close: bool) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    if half_close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    let read = async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned));
+                length.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| body.len() >= l)
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("an answer within 5 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// Bodies that cannot be taken are refused before they are read, with a problem body: one
+/// announced over 64 KiB (at once, not after the request timeout), a compressed one, a broken
+/// chunked one. A client that half-closes after its request still gets the answer.
+#[tokio::test]
+async fn body_heads_are_checked_before_the_body_and_half_closed_clients_get_answers() {
+    let gw = Gateway::start_sqlite().await;
+    let t = gw.tenant().await;
+    let head = |extra: &str| {
+        format!(
+            "POST /v1/grants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nIdempotency-Key: g\r\nContent-Type: application/json\r\n{extra}\r\n",
+            t.key
+        )
+    };
+    let body = r#"{"subject":"alice","amount":5}"#;
+    let started = std::time::Instant::now();
+    let cases = [
+        (head("Content-Length: 70000\r\n"), "400", "body_too_large"),
+        (
+            head(&format!("Content-Encoding: gzip\r\nContent-Length: {}\r\n", body.len())) + body,
+            "415",
+            "unsupported_content_encoding",
+        ),
+        (head("Transfer-Encoding: chunked\r\n") + "zz\r\n", "400", "invalid_body"),
+    ];
+    for (request, status, code) in cases {
+        let (line, answer) = raw_exchange(&gw, &request, false).await.expect("an answer");
+        assert!(line.contains(status), "{line} {answer}");
+        let problem: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(problem["code"], code, "{answer}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "refused at once: {:?}", started.elapsed());
+    assert!(gw.all_events(&t.key, "").await.is_empty(), "nothing written");
+    let request = head(&format!("Content-Length: {}\r\nConnection: close\r\n", body.len())) + body;
+    let (line, answer) = raw_exchange(&gw, &request, true).await.expect("an answer after a half-close");
+    assert!(line.contains("201"), "{line} {answer}");
+    assert_eq!(gw.all_events(&t.key, "").await.len(), 1);
+    gw.stop().await;
+}
+
+/// A connection that sends nothing is closed after the header timeout, and one that went
+/// quiet after a response after the idle timeout: idle sockets cannot pile up.
+#[tokio::test]
+async fn quiet_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_sqlite_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).await;
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let closed_within = |mut stream: tokio::net::TcpStream, limit: u64| async move {
+        let mut buf = [0u8; 1024];
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(limit), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        assert!(read.await.is_ok(), "still open after {limit} s");
+        started.elapsed()
+    };
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let waited = closed_within(silent, 6).await;
+    assert!(waited >= std::time::Duration::from_millis(1500), "closed after the 2 s header timeout: {waited:?}");
+    let mut served = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    served.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let waited = closed_within(served, 4).await;
+    assert!(waited >= std::time::Duration::from_millis(900), "closed after the 1 s idle timeout: {waited:?}");
+    gw.stop().await;
+}

@@ -100,6 +100,8 @@ pub enum ApiError {
     Conflict { code: &'static str, detail: String },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    #[error("unsupported content encoding")]
+    UnsupportedEncoding,
     #[error("idempotency key reused with a different request")]
     KeyReused,
     #[error("ledger refused: {0:?}")]
@@ -136,6 +138,11 @@ impl ApiError {
             ApiError::NotFound(what) => Problem::new(S::NOT_FOUND, "not_found", format!("no such {what}")),
             ApiError::Conflict { code, detail } => Problem::new(S::CONFLICT, code, detail.clone()),
             ApiError::UnsupportedMediaType => Problem::for_status(S::UNSUPPORTED_MEDIA_TYPE),
+            ApiError::UnsupportedEncoding => Problem::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_encoding",
+                "send the request body uncompressed, without Content-Encoding",
+            ),
             ApiError::KeyReused => Problem::new(
                 S::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

@@ -259,9 +259,33 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 /// A request body read whole, at most `body_bytes_max` (64 KiB) — the one place that limit is
 /// enforced on a raw body.
 pub(crate) async fn read_body(body: axum::body::Body, state: &AppState) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, state.config.body_bytes_max)
-        .await
-        .map_err(|_| ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB"))
+    axum::body::to_bytes(body, state.config.body_bytes_max).await.map_err(|e| {
+        let over_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.to_string().contains("length limit exceeded"));
+        if over_limit {
+            body_too_large()
+        } else {
+            ApiError::bad_request("invalid_body", "the request body could not be read (malformed chunked encoding?)")
+        }
+    })
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB")
+}
+
+/// Refuses, before any of the body is read, a body announced as over the limit or sent
+/// compressed (bodies are read as they come; a compressed one would be taken as garbage).
+pub(crate) fn refuse_body_head(headers: &HeaderMap, state: &AppState) -> Option<ApiError> {
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.config.body_bytes_max as u64) {
+        return Some(body_too_large());
+    }
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
+    encoded.then_some(ApiError::UnsupportedEncoding)
 }
 
 /// Parses a request body, which must be one JSON object: serde would also fill a struct from

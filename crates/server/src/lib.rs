@@ -8,6 +8,7 @@
 mod cursor;
 mod error;
 mod extract;
+mod idle;
 mod replay;
 mod routes;
 mod signed;
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     pub shutdown_drain_max: Duration,
     /// Longest a client may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// A connection on which neither side has moved a byte for this long is closed (a new
+    /// one gets `header_read_timeout` for its first byte).
+    pub idle_timeout: Duration,
     pub api_keys: ApiKeysConfig,
     pub authority: AuthorityConfig,
     pub providers: ProvidersConfig,
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             last_used_flush_interval: Duration::from_secs(10),
             shutdown_drain_max: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             api_keys: ApiKeysConfig::default(),
             authority: AuthorityConfig::default(),
             providers: ProvidersConfig::default(),
@@ -157,6 +162,9 @@ async fn read_body_first(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if let Some(refusal) = extract::refuse_body_head(&parts.headers, &state) {
+        return axum::response::IntoResponse::into_response(refusal);
+    }
     match extract::read_body(body, &state).await {
         Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
         Err(e) => axum::response::IntoResponse::into_response(e),
@@ -275,13 +283,16 @@ pub async fn serve_with_tls(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(HYPER_HEADERS_MAX);
+        .max_headers(HYPER_HEADERS_MAX)
+        .half_close(true);
+    plain.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
     let mut secure = Builder::new(TokioExecutor::new());
     secure
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(HYPER_HEADERS_MAX);
+        .max_headers(HYPER_HEADERS_MAX)
+        .half_close(true);
     secure.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
     let secure = Arc::new(secure);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -301,6 +312,7 @@ pub async fn serve_with_tls(
             accepted = listener.accept() => {
                 let Some(stream) = accepted_stream(accepted).await else { continue };
                 let service = TowerToHyperService::new(app.clone());
+                let stream = idle::IdleTimeout::new(stream, state.config.header_read_timeout, state.config.idle_timeout);
                 let connection = plain.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
@@ -318,6 +330,7 @@ pub async fn serve_with_tls(
                         request.extensions_mut().insert(peer.clone());
                         request
                     });
+                    let tls = idle::IdleTimeout::new(tls, timeout, state.config.idle_timeout);
                     let connection = secure.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app));
                     let _ = watcher.watch(connection.into_owned()).await;
                 });
