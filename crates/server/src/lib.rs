@@ -278,22 +278,20 @@ pub async fn serve_with_tls(
     let flusher = tokio::spawn(flush_last_used(state.clone()));
     let reloader = tokio::spawn(reload_authority_keys(state.clone()));
     let app = router(state.clone());
-    let mut plain = Builder::new(TokioExecutor::new()).http1_only();
-    plain
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(HYPER_HEADERS_MAX)
-        .half_close(true);
-    plain.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
-    let mut secure = Builder::new(TokioExecutor::new());
-    secure
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(HYPER_HEADERS_MAX)
-        .half_close(true);
-    secure.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
+    // Both listeners answer HTTP/1.1 and HTTP/2 (the plain one with prior knowledge).
+    let builder = || {
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.config.header_read_timeout)
+            .max_headers(HYPER_HEADERS_MAX)
+            .half_close(true);
+        builder.http2().max_header_list_size(H2_HEADER_LIST_BYTES_MAX);
+        builder
+    };
+    let plain = builder();
+    let secure = builder();
     let secure = Arc::new(secure);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (tls_listener, identity) = match tls {
