@@ -281,11 +281,12 @@ pub(crate) fn refuse_body_head(headers: &HeaderMap, state: &AppState) -> Option<
     if announced.is_some_and(|n| n > state.config.body_bytes_max as u64) {
         return Some(body_too_large());
     }
+    let has_body = announced.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
-        .any(|v| !v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
-    encoded.then_some(ApiError::UnsupportedEncoding)
+        .any(|v| !v.to_str().is_ok_and(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity")));
+    (has_body && encoded).then_some(ApiError::UnsupportedEncoding)
 }
 
 /// Parses a request body, which must be one JSON object: serde would also fill a struct from

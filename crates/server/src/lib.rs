@@ -180,7 +180,8 @@ pub const HEADER_BYTES_MAX: usize = 32 * 1024;
 /// hyper's own limits sit well above ours, so that a request over ours still reaches `edge`
 /// and gets a problem body; beyond these hyper answers by itself, with an empty body.
 const HYPER_HEADERS_MAX: usize = 1024;
-const H2_HEADER_LIST_BYTES_MAX: u32 = 256 * 1024;
+/// (HPACK lets a few bytes on the wire decode to this much, on each of up to 200 streams.)
+const H2_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
 
 /// 414 or 431 when the request line or the headers are over our limits.
 fn oversized_head(request: &Request) -> Option<StatusCode> {

@@ -9,8 +9,9 @@
 //! Only a caller the route itself would let through (its intent, and a bound subject's own
 //! account) takes part: any other goes straight to the handler, which refuses it, so a key
 //! never hands a stored response to someone who could not have made the request. A bound
-//! subject is part of the request's fingerprint. Ledger keys and these keys are kept apart:
-//! the same key on a ledger write and on a write here are two different keys.
+//! subject is part of the request's fingerprint. A key has one scope per tenant: a key a
+//! ledger write used is taken here (`RequestClaim::UsedByLedger`, `422`), and the ledger
+//! refuses a key a request here used.
 //!
 //! The key is claimed in the store before the handler runs and finished after it: a success
 //! records its response, any refusal releases the key (a refused request wrote nothing). A

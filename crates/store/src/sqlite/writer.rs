@@ -197,7 +197,7 @@ impl Writer {
             last_now: Timestamp::from_micros(0),
             batch_max,
             syncer: Syncer::start(db_path, failure.clone())?,
-            checkpointer: Checkpointer::start(db_path, wal_restart_pages)?,
+            checkpointer: Checkpointer::start(db_path, wal_restart_pages, failure.clone())?,
             failure,
         })
     }
