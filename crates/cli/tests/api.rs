@@ -740,6 +740,11 @@ async fn body_heads_are_checked_before_the_body_and_half_closed_clients_get_answ
             "unsupported_content_encoding",
         ),
         (head("Transfer-Encoding: chunked\r\n") + "zz\r\n", "400", "invalid_body"),
+        (
+            head("Transfer-Encoding: chunked\r\n") + &format!("{:x}\r\n{}\r\n0\r\n\r\n", 70_000, "a".repeat(70_000)),
+            "400",
+            "body_too_large",
+        ),
     ];
     for (request, status, code) in cases {
         let (line, answer) = raw_exchange(&gw, &request, false).await.expect("an answer");

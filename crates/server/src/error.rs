@@ -69,10 +69,6 @@ impl Problem {
             StatusCode::NOT_FOUND => ("not_found", "no such resource"),
             StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed on this path"),
             StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body exceeds 64 KiB"),
-            StatusCode::URI_TOO_LONG => ("uri_too_long", "the request path and query exceed 8 KiB"),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                ("headers_too_large", "the request has more than 100 header fields or 32 KiB of headers")
-            }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send application/json"),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
             s if s.is_server_error() => ("internal", "an internal error occurred; quote the correlation id"),

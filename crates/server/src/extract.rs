@@ -249,7 +249,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::bad_request("body_too_large", "the request body exceeds 64 KiB")
+            body_too_large()
         } else {
             ApiError::bad_request("invalid_body", "the request body could not be read")
         }
@@ -261,7 +261,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 pub(crate) async fn read_body(body: axum::body::Body, state: &AppState) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, state.config.body_bytes_max).await.map_err(|e| {
         let over_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-            .any(|e| e.to_string().contains("length limit exceeded"));
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if over_limit {
             body_too_large()
         } else {

@@ -183,16 +183,21 @@ const HYPER_HEADERS_MAX: usize = 1024;
 /// (HPACK lets a few bytes on the wire decode to this much, on each of up to 200 streams.)
 const H2_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
 
-/// 414 or 431 when the request line or the headers are over our limits.
-fn oversized_head(request: &Request) -> Option<StatusCode> {
+/// A 414 or 431 problem when the request line or the headers are over our limits.
+fn oversized_head(request: &Request) -> Option<Problem> {
     let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target > URI_BYTES_MAX {
-        return Some(StatusCode::URI_TOO_LONG);
+        let detail = format!("the request path and query exceed {} KiB", URI_BYTES_MAX / 1024);
+        return Some(Problem::new(StatusCode::URI_TOO_LONG, "uri_too_long", detail));
     }
     let headers = request.headers();
     let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
     if headers.len() > HEADERS_MAX || bytes > HEADER_BYTES_MAX {
-        return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let detail = format!(
+            "the request has more than {HEADERS_MAX} header fields or {} KiB of headers",
+            HEADER_BYTES_MAX / 1024
+        );
+        return Some(Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", detail));
     }
     None
 }
@@ -212,7 +217,7 @@ async fn edge(mut request: Request, next: Next) -> Response {
     let correlation_id = extract::correlation_from(request.headers());
     request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
     let mut response = match oversized_head(&request) {
-        Some(status) => Problem::for_status(status).render(&correlation_id),
+        Some(problem) => problem.render(&correlation_id),
         None => next.run(request).await,
     };
     if let Some(problem) = response.extensions_mut().remove::<Problem>() {

@@ -204,8 +204,7 @@ pub(crate) async fn run_batch(
     )?;
 
     let mut stored = stored_outcomes(&idem_rows)?;
-    let request_keys: HashSet<(String, String)> =
-        request_rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    let request_keys = request_keys(&request_rows)?;
     let mut states = account_states(&account_rows, &lot_rows)?;
     let before = states.clone();
     let mut refunded: HashMap<String, u64> =
@@ -224,10 +223,7 @@ pub(crate) async fn run_batch(
                 results.push(Ok(Execution::KeyReusedWithDifferentRequest));
                 continue;
             }
-            IdempotencyDecision::Fresh
-                if !request_keys.is_empty()
-                    && request_keys.contains(&(cmd.tenant_id.to_string(), cmd.idempotency_key.to_string())) =>
-            {
+            IdempotencyDecision::Fresh if request_keys.contains(&slot) => {
                 results.push(Ok(Execution::KeyReusedWithDifferentRequest));
                 continue;
             }
@@ -298,6 +294,16 @@ fn key_columns(keys: &BTreeSet<AccountKey>) -> (Vec<&str>, Vec<&str>, Vec<&str>)
     let subjects = keys.iter().map(|k| k.subject.as_str()).collect();
     let types = keys.iter().map(|k| k.credit_type.as_str()).collect();
     (tenants, subjects, types)
+}
+
+/// The (tenant, key) pairs of `READ_REQUEST_KEYS` rows.
+fn request_keys(rows: &[Row]) -> Result<HashSet<(TenantId, IdempotencyKey)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let tenant = TenantId::parse(row.get(0)).map_err(corrupt("request key tenant"))?;
+            Ok((tenant, IdempotencyKey::parse(row.get(1)).map_err(corrupt("request key"))?))
+        })
+        .collect()
 }
 
 fn stored_outcomes(rows: &[Row]) -> Result<HashMap<(TenantId, IdempotencyKey), StoredOutcome>, StoreError> {
